@@ -1,0 +1,9 @@
+"""bedgen: train, sample, explore and evaluate diffusion models of bedrooms."""
+
+__version__ = "0.1.0"
+
+from .config import PRESETS, BedgenConfig, preset  # noqa: E402
+from .errors import BedgenError  # noqa: E402
+from .pipeline import Pipeline, SampleResult, load  # noqa: E402
+
+__all__ = ["BedgenConfig", "BedgenError", "PRESETS", "Pipeline", "SampleResult", "load", "preset"]

@@ -1,0 +1,262 @@
+"""Checkpoints: diffusers pipeline directories plus a ``bedgen.json`` self-description.
+
+Layout written by bedgen (loadable by ``diffusers.DiffusionPipeline.from_pretrained``)::
+
+    model_index.json          pipeline class + components
+    unet/                     config.json + diffusion_pytorch_model.safetensors (EMA weights)
+    scheduler/                scheduler_config.json (the training schedule)
+    bedgen.json               family, preset, full config, provenance, metrics
+    training_state/           only for resuming training; inference never reads it
+
+Layouts read besides our own: any diffusers pipeline with ``unet/`` + ``scheduler/``
+subfolders (DDPM, DDIM, consistency models) and the flat layout of
+google/ddpm-ema-bedroom-256 (config.json + weights + scheduler_config.json at the
+root). Pickled ``.bin`` weights are only ever read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from diffusers import DDPMPipeline, UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from . import __version__
+from .config import BedgenConfig
+from .errors import BedgenError, ModelNotFoundError
+from .hub import download, parse_hub_ref, resolve_ref
+
+BEDGEN_JSON = "bedgen.json"
+FORMAT_VERSION = 1
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+@dataclass
+class CheckpointInfo:
+    """What a loaded checkpoint says about itself (``bedgen.json``, or inferred)."""
+
+    ref: str
+    path: Path
+    layout: str  # "bedgen" | "diffusers" | "flat"
+    family: str
+    config: BedgenConfig | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# --- saving -------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    path: str | Path,
+    unet: UNet2DModel,
+    training_scheduler: SchedulerMixin,
+    config: BedgenConfig,
+    metadata: dict[str, Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically; ``extra(tmp_dir)`` may add files."""
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        DDPMPipeline(unet=unet, scheduler=training_scheduler).save_pretrained(
+            tmp, safe_serialization=True
+        )
+        description = {
+            "format": "bedgen-checkpoint",
+            "format_version": FORMAT_VERSION,
+            "family": config.family,
+            "preset": config.preset,
+            "config": config.to_dict(),
+            "provenance": provenance(),
+            **(metadata or {}),
+        }
+        write_json(tmp / BEDGEN_JSON, description)
+        if extra is not None:
+            extra(tmp)
+
+    replace_dir_atomically(path, write)
+    return path
+
+
+def provenance() -> dict[str, Any]:
+    import diffusers
+
+    return {
+        "bedgen_version": __version__,
+        "git_commit": _git_commit(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "diffusers_version": diffusers.__version__,
+    }
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def replace_dir_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Build the new directory beside ``path``, then swap it in.
+
+    A crash while writing leaves the old directory untouched. The swap is two
+    renames; if a crash falls between them, :func:`recover_interrupted_save`
+    puts the previous directory back on the next load.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp = path.with_name(f".{path.name}.tmp-{tag}")
+    old = path.with_name(f".{path.name}.old-{tag}")
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        if path.exists():
+            os.rename(path, old)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_interrupted_save(path: Path) -> None:
+    """If a save died between its two renames, restore the previous directory."""
+    if path.exists():
+        return
+    backups = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if backups:
+        os.rename(backups[-1], path)
+
+
+def _fsync_tree(root: Path) -> None:
+    for file in root.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+# --- loading ------------------------------------------------------------------------
+
+
+def load_checkpoint(ref: str) -> tuple[UNet2DModel, SchedulerMixin, CheckpointInfo]:
+    """Load the network and its training schedule from a local directory or Hub id."""
+    local_candidate = Path(str(ref)).expanduser()
+    recover_interrupted_save(local_candidate)
+    path = resolve_ref(ref)
+    unet_dir, scheduler_file, layout = find_layout(path, ref)
+    if _weights_file(unet_dir) is None:
+        hub = parse_hub_ref(ref) if not local_candidate.exists() else None
+        if hub is None:
+            raise BedgenError(
+                f"model '{ref}' has no weights in {unet_dir} (expected {' or '.join(WEIGHT_NAMES)})"
+            )
+        # Only pickled weights on the Hub: fetch them; they are read weights-only below.
+        path = download(hub, needs_pickle=True)
+        unet_dir, scheduler_file, layout = find_layout(path, ref)
+        if _weights_file(unet_dir) is None:
+            raise BedgenError(f"model '{ref}' has no UNet weights on the Hub")
+    unet = _load_unet(unet_dir, ref)
+    scheduler = _load_scheduler(scheduler_file, ref)
+    info = _describe(ref, path, layout, unet, scheduler)
+    return unet, scheduler, info
+
+
+def find_layout(path: Path, ref: str) -> tuple[Path, Path, str]:
+    """Locate (unet folder, scheduler config file, layout name) inside a checkpoint."""
+    if (path / "unet" / "config.json").is_file():
+        scheduler = path / "scheduler" / "scheduler_config.json"
+        layout = "bedgen" if (path / BEDGEN_JSON).is_file() else "diffusers"
+        if not scheduler.is_file():
+            raise BedgenError(f"model '{ref}' has unet/ but no scheduler/scheduler_config.json")
+        return path / "unet", scheduler, layout
+    if (path / "config.json").is_file() and (path / "scheduler_config.json").is_file():
+        return path, path / "scheduler_config.json", "flat"
+    raise ModelNotFoundError(
+        f"'{ref}' is not a diffusion checkpoint: expected unet/ + scheduler/ folders "
+        "(diffusers pipeline) or config.json + scheduler_config.json (flat layout)"
+    )
+
+
+def _weights_file(unet_dir: Path) -> Path | None:
+    for name in WEIGHT_NAMES:
+        if (unet_dir / name).is_file():
+            return unet_dir / name
+    return None
+
+
+def _load_unet(unet_dir: Path, ref: str) -> UNet2DModel:
+    config = json.loads((unet_dir / "config.json").read_text())
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise BedgenError(
+            f"model '{ref}' has a {config['_class_name']} network; bedgen samples UNet2DModel checkpoints"
+        )
+    try:
+        # diffusers reads .bin with torch.load(weights_only=True): no code in a pickle runs.
+        unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise BedgenError(f"could not load the weights of '{ref}': {str(e).splitlines()[0]}") from e
+    return unet.eval().requires_grad_(False)
+
+
+def _load_scheduler(config_file: Path, ref: str) -> SchedulerMixin:
+    import diffusers
+
+    config = json.loads(config_file.read_text())
+    name = config.get("_class_name", "DDPMScheduler")
+    cls = getattr(diffusers, name, None)
+    # Only scheduler classes that diffusers itself exports; never import by path.
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise BedgenError(f"model '{ref}' names an unknown scheduler class '{name}'")
+    return cls.from_config(config)
+
+
+def _describe(
+    ref: str, path: Path, layout: str, unet: UNet2DModel, scheduler: SchedulerMixin
+) -> CheckpointInfo:
+    description_file = path / BEDGEN_JSON
+    if description_file.is_file():
+        metadata = json.loads(description_file.read_text())
+        config = BedgenConfig.from_dict(metadata["config"]) if "config" in metadata else None
+        family = metadata.get("family", config.family if config else "ddpm")
+        return CheckpointInfo(str(ref), path, layout, family, config, metadata)
+    learned_variance = unet.config.out_channels == 2 * unet.config.in_channels
+    if type(scheduler).__name__ == "CMStochasticIterativeScheduler":
+        family = "consistency"
+    else:
+        family = "iddpm" if learned_variance else "ddpm"
+    return CheckpointInfo(str(ref), path, layout, family)
+
+
+def read_description(path: str | Path) -> dict[str, Any]:
+    """The ``bedgen.json`` of a local checkpoint (empty dict if there is none)."""
+    file = Path(path) / BEDGEN_JSON
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def looks_like_checkpoint(path: Path) -> bool:
+    return (path / "unet" / "config.json").is_file() or (
+        (path / "config.json").is_file() and (path / "scheduler_config.json").is_file()
+    )

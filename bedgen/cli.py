@@ -1,0 +1,167 @@
+"""The ``bedgen`` command line.
+
+Every subcommand is a thin wrapper over the Python API. User errors exit with
+code 2 and one line on stderr; progress goes to stderr through tqdm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import BedgenError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the seed must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"the seed must be 0 or more, got {value}")
+    return value
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    from .device import DEVICES, DTYPES
+
+    p = sub.add_parser("sample", help="generate images from a model")
+    p.add_argument("--model", required=True, help="local checkpoint directory or Hub id org/name[@revision]")
+    p.add_argument("--num-images", "-n", type=_positive_int, default=4)
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--scheduler", default=None, help="sampler: ddpm, ddim, dpmsolver++, unipc, euler, euler-a, heun")
+    p.add_argument("--seed", type=_seed, default=0, help="image i uses seed SEED+i")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .images import grid
+    from .pipeline import MAX_IMAGES, load
+
+    if args.num_images > MAX_IMAGES:
+        raise BedgenError(f"--num-images must be at most {MAX_IMAGES}, got {args.num_images}")
+    _check_writable(args.out)
+    pipe = load(args.model)
+    with TqdmProgress("sampling", unit="eval") as progress:
+        result = pipe.sample(
+            args.num_images, args.seed, args.steps, args.scheduler,
+            args.batch_size, args.device, args.dtype, progress,
+        )
+    for i, image in enumerate(result.images):
+        image.save(args.out / f"{i:06d}.png")
+    grid(result.images).save(args.out / "grid.png")
+    summary = {
+        "model": args.model, "seeds": [result.seeds[0], result.seeds[-1]], "sampler": result.sampler,
+        "steps": result.steps, "placement": result.placement, "seconds": round(result.seconds, 2),
+    }
+    (args.out / "samples.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {len(result.images)} images and grid.png to {args.out} "
+          f"({result.sampler}, {result.steps} steps, {result.placement}, {result.seconds:.1f} s)")
+    return 0
+
+
+class TqdmProgress:
+    """A ``progress(done, total)`` callback drawing a tqdm bar, opened on first use
+    so that argument errors found before any work print no empty bar."""
+
+    def __init__(self, desc: str, unit: str):
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> "TqdmProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".bedgen-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BedgenError(f"cannot write to output folder '{folder}': {e.strerror or e}") from e
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list local checkpoints and curated Hub models")
+    p.add_argument("--root", type=Path, default=None, help="local checkpoints folder (default: $BEDGEN_CHECKPOINTS or ./checkpoints)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .registry import all_models
+
+    entries = all_models(args.root)
+    width = max(len(e.ref) for e in entries)
+    for e in entries:
+        if args.json:
+            print(json.dumps({"ref": e.ref, "source": e.source, "description": e.description}))
+        else:
+            print(f"{e.ref:<{width}}  {e.source:<5}  {e.description}")
+    return 0
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_sample, _add_models)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line (with a pointer to --help), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="bedgen", description="Diffusion models of bedrooms.")
+    parser.add_argument("--version", action="version", version=f"bedgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BedgenError as e:
+        print(f"bedgen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bedgen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Configuration: dataclasses are the single source of truth, presets are named instances.
+
+A config travels inside every checkpoint (``bedgen.json``), so a model can always
+be rebuilt from it. CLI flags and app controls are derived from these fields.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import BedgenError
+
+Family = Literal["ddpm", "iddpm", "ldm", "smld", "vae", "consistency"]
+# Choices are Literals, not booleans (improved-diffusion's ModelMeanType / ModelVarType).
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+VarianceType = Literal["fixed_small", "fixed_large", "learned_range"]
+
+
+@dataclass
+class UNetConfig:
+    """Layout of a diffusers ``UNet2DModel`` (channels, depth, where attention sits)."""
+
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D")
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")
+    # None = one attention head over all channels, as in the DDPM paper's UNet.
+    attention_head_dim: int | None = None
+    norm_num_groups: int = 8
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        n = len(self.block_out_channels)
+        if len(self.down_block_types) != n or len(self.up_block_types) != n:
+            raise BedgenError(
+                f"unet: {n} block_out_channels but {len(self.down_block_types)} down and "
+                f"{len(self.up_block_types)} up block types; give one of each per level"
+            )
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise BedgenError(
+                f"unet: channels {bad} are not divisible by norm_num_groups={self.norm_num_groups}"
+            )
+
+    @property
+    def downsample_factor(self) -> int:
+        """Every level but the last halves the resolution."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclass
+class DiffusionConfig:
+    """The forward process and what the network predicts (Ho et al. 2020, Sec. 2)."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: BetaSchedule = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction_type: PredictionType = "epsilon"
+    variance_type: VarianceType = "fixed_small"
+    clip_sample: bool = True
+
+
+@dataclass
+class SamplingConfig:
+    """Defaults for ``Pipeline.generate`` and the app's Generate tab."""
+
+    scheduler: str = "dpmsolver++"
+    steps: int = 20
+
+
+@dataclass
+class BedgenConfig:
+    """Everything needed to rebuild a model; stored in ``bedgen.json``."""
+
+    preset: str = "tiny"
+    family: Family = "ddpm"
+    resolution: int = 32
+    in_channels: int = 3
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @property
+    def out_channels(self) -> int:
+        # Learned-range variance (Nichol & Dhariwal 2021, Eq. 15) doubles the output.
+        learned = self.diffusion.variance_type == "learned_range"
+        return self.in_channels * (2 if learned else 1)
+
+    def validate(self) -> None:
+        self.unet.validate()
+        f = self.unet.downsample_factor
+        if self.resolution < f or self.resolution % f:
+            raise BedgenError(
+                f"resolution {self.resolution} is not a multiple of the UNet's downsampling "
+                f"factor {f} ({len(self.unet.block_out_channels)} levels); use e.g. "
+                f"{max(f, round(self.resolution / f) * f)}"
+            )
+        if self.diffusion.num_train_timesteps < 1:
+            raise BedgenError("diffusion.num_train_timesteps must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BedgenConfig":
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: type, data: dict[str, Any]):
+    """Build a (nested) dataclass from plain JSON data; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise BedgenError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = _from_dict(hint, value)
+        elif _is_tuple_hint(hint) and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _is_tuple_hint(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_tuple_hint(a) for a in typing.get_args(hint))
+    return origin is tuple
+
+
+def override(config: BedgenConfig, changes: dict[str, Any]) -> BedgenConfig:
+    """Return a copy with dotted fields replaced, e.g. ``{"unet.layers_per_block": 2}``."""
+    new = copy.deepcopy(config)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        target = new
+        for part in parents:
+            target = getattr(target, part, None)
+            if not dataclasses.is_dataclass(target):
+                raise BedgenError(f"unknown config field '{dotted}'")
+        if leaf not in {f.name for f in dataclasses.fields(target)}:
+            raise BedgenError(f"unknown config field '{dotted}'")
+        setattr(target, leaf, tuple(value) if isinstance(value, list) else value)
+    new.validate()
+    return new
+
+
+# --- presets --------------------------------------------------------------------------
+
+_D, _AD, _U, _AU = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"
+
+
+def _preset(name: str, resolution: int, unet: UNetConfig, **diffusion: Any) -> BedgenConfig:
+    return BedgenConfig(
+        preset=name,
+        resolution=resolution,
+        unet=unet,
+        diffusion=DiffusionConfig(**diffusion),
+    )
+
+
+PRESETS: dict[str, BedgenConfig] = {
+    # Small enough to train on a laptop CPU in minutes at 32 px.
+    "tiny": _preset(
+        "tiny",
+        32,
+        UNetConfig((32, 64, 64), 1, (_D, _AD, _D), (_U, _AU, _U), None, 8),
+    ),
+    # The three UNets of the seed DDPM sweep (96 px, 500 training steps).
+    "ddpm-small": _preset(
+        "ddpm-small",
+        96,
+        UNetConfig((64, 64, 128, 128, 256), 1, (_D, _D, _D, _D, _AD), (_AU, _U, _U, _U, _U), None, 32),
+        num_train_timesteps=500,
+    ),
+    # Same layout as google/ddpm-bedroom-256.
+    "ddpm-mid": _preset(
+        "ddpm-mid",
+        96,
+        UNetConfig(
+            (128, 128, 256, 256, 512, 512), 2,
+            (_D, _D, _D, _D, _AD, _D), (_U, _AU, _U, _U, _U, _U), None, 32,
+        ),
+        num_train_timesteps=500,
+    ),
+    "ddpm-big": _preset(
+        "ddpm-big",
+        96,
+        UNetConfig(
+            (128, 256, 256, 512, 512, 768), 3,
+            (_D, _D, _D, _D, _AD, _D), (_U, _U, _U, _U, _AU, _U), None, 32,
+        ),
+        num_train_timesteps=500,
+    ),
+    # The seed SMLD/DDPM comparison: 3 down + 3 up blocks at 64 px, 1000 steps.
+    "ddpm-3level": _preset(
+        "ddpm-3level",
+        64,
+        UNetConfig((64, 128, 256), 2, (_D, _D, _AD), (_AU, _U, _U), None, 32),
+    ),
+}
+
+
+def preset(name: str) -> BedgenConfig:
+    """A fresh copy of a named preset."""
+    if name not in PRESETS:
+        raise BedgenError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+    config = copy.deepcopy(PRESETS[name])
+    config.validate()
+    return config

@@ -1,0 +1,15 @@
+"""User-facing errors.
+
+Everything the user can fix (a bad argument, a missing model, an unreachable Hub)
+raises :class:`BedgenError` with a one-line message that says what to do. The CLI
+turns it into ``bedgen: error: ...`` and exit code 2; the app into ``gr.Error``.
+Anything else is a bug and keeps its traceback.
+"""
+
+
+class BedgenError(Exception):
+    """An error caused by input the user can correct; the message is shown as is."""
+
+
+class ModelNotFoundError(BedgenError):
+    """A model REF that is neither a local checkpoint nor a reachable Hub repo."""

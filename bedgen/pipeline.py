@@ -1,0 +1,256 @@
+"""Sampling: ``Pipeline.generate`` turns a loaded checkpoint into PIL images.
+
+Image i of seed s is drawn with its own generator seeded ``s + i``: the initial
+noise and every stochastic sampler step of that image come from it, so the image
+does not depend on the batch it is computed in, and a gallery entry labelled
+"seed s+i" can be regenerated alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from PIL import Image
+
+from .checkpoint import CheckpointInfo, load_checkpoint
+from .device import Placement, resolve
+from .errors import BedgenError
+from .images import to_pil
+from .schedulers import check_steps, default_sampler, make_scheduler, samplers_for
+
+ProgressFn = Callable[[int, int], None]
+MAX_SEED = 2**63 - 1
+MAX_IMAGES = 100_000
+
+
+@dataclass
+class SampleResult:
+    images: list[Image.Image]
+    seeds: list[int]
+    sampler: str
+    steps: int
+    placement: str
+    seconds: float
+    # trajectory[i] = predicted clean images x0 for image i, every k steps
+    trajectory: list[list[Image.Image]] | None = None
+
+
+class Pipeline:
+    """A network, its training schedule and its self-description, ready to sample."""
+
+    def __init__(self, unet: UNet2DModel, training_scheduler: SchedulerMixin, info: CheckpointInfo):
+        self.unet = unet.eval().requires_grad_(False)
+        self.training_scheduler = training_scheduler
+        self.info = info
+        self._placement: Placement | None = None
+
+    @classmethod
+    def from_ref(cls, ref: str) -> "Pipeline":
+        unet, scheduler, info = load_checkpoint(ref)
+        return cls(unet, scheduler, info)
+
+    # --- what this model offers --------------------------------------------------------
+
+    @property
+    def resolution(self) -> int:
+        size = self.unet.config.sample_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def samplers(self) -> list[str]:
+        return list(samplers_for(self.training_scheduler))
+
+    @property
+    def default_sampler(self) -> str:
+        config = self.info.config
+        if config is not None and config.sampling.scheduler in self.samplers:
+            return config.sampling.scheduler
+        return default_sampler(self.training_scheduler)
+
+    @property
+    def default_steps(self) -> int:
+        if self.info.family == "consistency":
+            return 1
+        config = self.info.config
+        steps = config.sampling.steps if config is not None else 20
+        return min(steps, self.max_steps)
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.training_scheduler.config.num_train_timesteps)
+
+    # --- sampling -----------------------------------------------------------------------
+
+    def generate(
+        self,
+        n: int = 1,
+        seed: int = 0,
+        steps: int | None = None,
+        scheduler: str | None = None,
+        batch_size: int | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        progress: ProgressFn | None = None,
+    ) -> list[Image.Image]:
+        """``n`` images from seeds ``seed .. seed+n-1``."""
+        return self.sample(n, seed, steps, scheduler, batch_size, device, dtype, progress).images
+
+    def sample(
+        self,
+        n: int = 1,
+        seed: int = 0,
+        steps: int | None = None,
+        scheduler: str | None = None,
+        batch_size: int | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        progress: ProgressFn | None = None,
+        trajectory_every: int = 0,
+    ) -> SampleResult:
+        """Like :meth:`generate`, with timing and (optionally) the denoising trajectory."""
+        n = _check_int("number of images", n, 1, MAX_IMAGES)
+        seed = _check_int("seed", seed, 0, MAX_SEED - n)
+        sampler = scheduler or self.default_sampler
+        make_scheduler(sampler, self.training_scheduler)  # validates the name early
+        steps = check_steps(self.default_steps if steps is None else steps, self.training_scheduler)
+        placement = self._place(resolve(device, dtype))
+        if batch_size is None:
+            batch_size = 32 if placement.device.type == "cuda" else 8
+        batch_size = _check_int("batch size", batch_size, 1, 4096)
+        trajectory_every = _check_int("trajectory_every", trajectory_every, 0, steps)
+
+        start = time.perf_counter()
+        seeds = list(range(seed, seed + n))
+        batches = [seeds[i : i + batch_size] for i in range(0, n, batch_size)]
+        evals_per_batch = self._evals(sampler, steps)
+        done = 0
+
+        def on_eval() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, evals_per_batch * len(batches))
+
+        images: list[Image.Image] = []
+        trajectory: list[list[Image.Image]] = []
+        for batch_seeds in batches:
+            final, frames = self._sample_batch(
+                batch_seeds, sampler, steps, placement, on_eval, trajectory_every
+            )
+            images += to_pil(final)
+            if trajectory_every:
+                per_frame = [to_pil(frame) for frame in frames]
+                trajectory += [[frame[i] for frame in per_frame] for i in range(len(batch_seeds))]
+        return SampleResult(
+            images=images,
+            seeds=seeds,
+            sampler=sampler,
+            steps=steps,
+            placement=placement.describe(),
+            seconds=time.perf_counter() - start,
+            trajectory=trajectory if trajectory_every else None,
+        )
+
+    def _evals(self, sampler: str, steps: int) -> int:
+        """Network evaluations per batch (what progress counts)."""
+        scheduler = make_scheduler(sampler, self.training_scheduler)
+        scheduler.set_timesteps(steps)
+        return len(scheduler.timesteps)
+
+    def _place(self, placement: Placement) -> Placement:
+        if placement != self._placement:
+            # channels_last lets oneDNN/cuDNN pick their fastest convolution kernels.
+            self.unet.to(device=placement.device, memory_format=torch.channels_last)
+            self._placement = placement
+        return placement
+
+    @torch.inference_mode()
+    def _sample_batch(
+        self,
+        seeds: list[int],
+        sampler: str,
+        steps: int,
+        placement: Placement,
+        on_eval: Callable[[], None],
+        trajectory_every: int,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        scheduler = make_scheduler(sampler, self.training_scheduler)
+        scheduler.set_timesteps(steps)
+        # CPU generators: the same seed gives the same noise on every device.
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        channels, size = self.unet.config.in_channels, self.resolution
+        noise = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators])
+        x = (noise * scheduler.init_noise_sigma).to(placement.device)
+        # Deterministic solvers (UniPC, DPM-Solver++) take no generator.
+        takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+        noise_kwargs = {"generator": generators} if takes_generator else {}
+        frames: list[torch.Tensor] = []
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            model_input = scheduler.scale_model_input(x, t)
+            with placement.autocast():
+                out = self.unet(model_input.contiguous(memory_format=torch.channels_last), t).sample
+            out = self._match_output(out.float(), x, scheduler)
+            x0 = _predicted_x0(scheduler, out, t, x) if trajectory_every else None
+            step = scheduler.step(out, t, x, **noise_kwargs)
+            x = step.prev_sample
+            on_eval()
+            if trajectory_every and (i % trajectory_every == 0 or i == len(timesteps) - 1):
+                pred = getattr(step, "pred_original_sample", None)
+                frames.append((pred if pred is not None else x0).cpu())
+        return x.cpu(), frames
+
+    def _match_output(self, out: torch.Tensor, x: torch.Tensor, scheduler: SchedulerMixin) -> torch.Tensor:
+        """Learned-variance networks output [ε, v]; only DDPM ancestral sampling uses v."""
+        if out.shape[1] == x.shape[1]:
+            return out
+        learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+        if isinstance(scheduler, DDPMScheduler) and learned:
+            return out
+        return out[:, : x.shape[1]]
+
+
+def _predicted_x0(scheduler: SchedulerMixin, out: torch.Tensor, t: Any, x: torch.Tensor) -> torch.Tensor:
+    """x̂0 from the network output in VP parameterisation (Ho et al. 2020, Eq. 15)."""
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is None:
+        return x
+    a = alphas[int(t)].to(x.device)
+    eps = out[:, : x.shape[1]]
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind == "sample":
+        return eps
+    if kind == "v_prediction":  # Salimans & Ho 2022, Sec. 4
+        return a.sqrt() * x - (1 - a).sqrt() * eps
+    return (x - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise BedgenError(f"{name} must be a whole number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise BedgenError(f"{name} must be a whole number, got {value!r}") from None
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise BedgenError(f"{name} must be a whole number, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        raise BedgenError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise BedgenError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def load(ref: str) -> Pipeline:
+    """Load a model REF (local directory or Hub id ``org/name[@revision]``)."""
+    return Pipeline.from_ref(ref)

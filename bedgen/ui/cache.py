@@ -1,0 +1,43 @@
+"""A small, thread-safe, least-recently-used cache of loaded pipelines."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from ..pipeline import Pipeline, load
+
+
+class PipelineCache:
+    def __init__(self, capacity: int):
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[str, Pipeline] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def get(self, ref: str) -> Pipeline:
+        ref = ref.strip()
+        with self._lock:
+            if ref in self._items:
+                self._items.move_to_end(ref)
+                return self._items[ref]
+            ref_lock = self._loading.setdefault(ref, threading.Lock())
+        with ref_lock:  # two requests for one model load it once
+            with self._lock:
+                if ref in self._items:
+                    return self._items[ref]
+            pipe = load(ref)
+            with self._lock:
+                self._items[ref] = pipe
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)  # evict the least recently used
+                self._loading.pop(ref, None)
+            return pipe
+
+    def __contains__(self, ref: str) -> bool:
+        with self._lock:
+            return ref.strip() in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)

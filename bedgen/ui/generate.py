@@ -1,0 +1,153 @@
+"""The Generate tab: model, seed, steps, sampler -> a gallery of bedrooms."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gradio as gr
+from PIL import Image
+
+from ..errors import BedgenError
+from ..pipeline import MAX_SEED
+from ..registry import CURATED_HUB_MODELS, all_models
+from ..schedulers import ALL_SAMPLERS
+from .cache import PipelineCache
+from .components import RawNumber, RawSlider
+from .settings import AppSettings
+
+log = logging.getLogger(__name__)
+AUTO = "auto"
+TRAJECTORY_FRAMES = 8
+
+
+@dataclass
+class GenerateOutput:
+    gallery: list[tuple[Image.Image, str]]
+    trajectory: list[tuple[Image.Image, str]]
+    status: str
+
+
+def model_choices(settings: AppSettings) -> list[tuple[str, str]]:
+    """(label, ref) pairs: local checkpoints first, then the curated Hub models."""
+    return [(f"{e.ref}  ({e.source})", e.ref) for e in all_models(settings.checkpoints)]
+
+
+def describe_model(ref: str, settings: AppSettings) -> str:
+    for entry in all_models(settings.checkpoints):
+        if entry.ref == ref:
+            return f"**{entry.ref}** ({entry.source}): {entry.description}"
+    return f"**{ref}**: loaded on first use (local folder or Hub id)"
+
+
+def run_generate(
+    cache: PipelineCache,
+    settings: AppSettings,
+    model: str,
+    seed: Any,
+    steps: Any,
+    sampler: str,
+    num_images: Any,
+    show_trajectory: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> GenerateOutput:
+    """Typed core of the Generate event; raises BedgenError on bad input."""
+    n = _whole("number of images", num_images, 1, settings.max_images)
+    steps = _whole("steps", steps, 1, settings.max_steps)
+    seed = _whole("seed", seed, 0, MAX_SEED - n)
+    if not isinstance(model, str) or not model.strip():
+        raise BedgenError("choose a model (a local checkpoint folder or a Hub id org/name)")
+    sampler = None if sampler in (None, "", AUTO) else sampler
+    pipe = cache.get(model)
+    every = math.ceil(steps / TRAJECTORY_FRAMES) if show_trajectory else 0
+    result = pipe.sample(n, seed, steps, sampler, progress=progress, trajectory_every=every)
+    gallery = [(im, f"seed {s}") for im, s in zip(result.images, result.seeds)]
+    trajectory = []
+    if result.trajectory:
+        frames = result.trajectory[0]
+        trajectory = [(im, f"step {min(i * every + 1, steps)}") for i, im in enumerate(frames)]
+    status = (
+        f"{n} image(s) from **{model}** · {result.sampler}, {result.steps} steps · "
+        f"{result.placement} · {result.seconds:.1f} s"
+    )
+    return GenerateOutput(gallery, trajectory, status)
+
+
+def _whole(name: str, value: Any, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise BedgenError(f"{name} must be a whole number, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise BedgenError(f"{name} must be a whole number, got {value!r}")
+    if not low <= number <= high:
+        raise BedgenError(f"{name} must be between {low} and {high}, got {int(number)}")
+    return int(number)
+
+
+def build_generate_tab(settings: AppSettings, cache: PipelineCache) -> dict[str, gr.components.Component]:
+    """Lay out the tab and wire its events; returns components other tabs may use."""
+    choices = model_choices(settings)
+    with gr.Row():
+        with gr.Column(scale=1):
+            model = gr.Dropdown(
+                choices, value=settings.default_model, label="Model", allow_custom_value=True,
+                info="a local checkpoint or any Hub id org/name[@revision]",
+            )
+            refresh = gr.Button("↻ Refresh model list", size="sm")
+            model_info = gr.Markdown(describe_model(settings.default_model, settings))
+            with gr.Row():
+                seed = RawNumber(0, label="Seed", precision=0, minimum=0)
+                randomize = gr.Button("🎲 Random", size="sm", scale=0)
+            steps = RawSlider(1, min(settings.max_steps, 1000), value=20, step=1, label="Steps")
+            sampler = gr.Dropdown(
+                [AUTO, *ALL_SAMPLERS], value=AUTO, label="Sampler",
+                info="auto = the model's default (DPM-Solver++ for DDPMs)",
+            )
+            num_images = RawSlider(
+                1, settings.max_images, value=min(settings.default_images, settings.max_images),
+                step=1, label="Images",
+            )
+            show_trajectory = gr.Checkbox(False, label="Show the denoising trajectory (first image)")
+            button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(label="Samples", columns=4, format="png", elem_id="generate-gallery")
+            status = gr.Markdown(elem_id="generate-status")
+            trajectory = gr.Gallery(label="Predicted clean image x̂₀ while denoising", columns=8, format="png")
+
+    def on_generate(model_ref, seed_value, steps_value, sampler_name, n, show, progress=gr.Progress()):
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc="denoising", unit="steps")
+
+        try:
+            out = run_generate(
+                cache, settings, model_ref, seed_value, steps_value, sampler_name, n, show, report
+            )
+        except BedgenError as e:
+            raise gr.Error(str(e)) from e
+        except Exception as e:  # never take the app down; keep the cause in the log
+            log.exception("generate failed")
+            raise gr.Error(f"generation failed: {type(e).__name__}: {e}") from e
+        return out.gallery, out.trajectory, out.status
+
+    button.click(
+        on_generate,
+        [model, seed, steps, sampler, num_images, show_trajectory],
+        [gallery, trajectory, status],
+        api_name="generate",
+        concurrency_limit=settings.concurrency,
+        concurrency_id="gpu",
+    )
+    randomize.click(lambda: random.randint(0, 2**31 - 1), None, seed, api_name="random_seed", queue=False)
+    refresh.click(
+        lambda: gr.Dropdown(choices=model_choices(settings)), None, model,
+        api_name="refresh_models", queue=False,
+    )
+    model.change(lambda ref: describe_model(ref, settings), model, model_info, api_name="describe_model", queue=False)
+    return {"model": model, "gallery": gallery}
+
+
+__all__ = ["build_generate_tab", "run_generate", "CURATED_HUB_MODELS"]

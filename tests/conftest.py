@@ -1,0 +1,119 @@
+"""Shared fixtures: tiny models saved by the tests themselves (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Never reach the real Hub from the tests; individual tests point HF_ENDPOINT at a
+# local server when they exercise downloads.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from bedgen.checkpoint import save_checkpoint  # noqa: E402
+from bedgen.config import BedgenConfig, override, preset  # noqa: E402
+from bedgen.modeling import build_training_scheduler, build_unet  # noqa: E402
+
+
+def tiny_config(**changes) -> BedgenConfig:
+    """A 16 px, two-level UNet (8, 16 channels): milliseconds per evaluation on CPU."""
+    base = {
+        "resolution": 16,
+        "unet.block_out_channels": (8, 16),
+        "unet.down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+        "unet.up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+        "unet.norm_num_groups": 4,
+        "diffusion.num_train_timesteps": 100,
+    }
+    base.update(changes)
+    return override(preset("tiny"), base)
+
+
+def make_tiny_checkpoint(path: Path, seed: int = 0, **changes) -> Path:
+    config = tiny_config(**changes)
+    torch.manual_seed(seed)
+    unet = build_unet(config)
+    # Random init leaves the last conv at zero in some layouts; perturb every weight
+    # so different seeds give visibly different networks and non-trivial images.
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return save_checkpoint(path, unet, build_training_scheduler(config), config)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppProcess:
+    """``python app.py`` in a subprocess, as a user starts it; stopped on exit."""
+
+    def __init__(self, env: dict[str, str], cwd: Path):
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = cwd / "app.log"
+        repo = Path(__file__).resolve().parent.parent
+        self.process = subprocess.Popen(
+            [sys.executable, str(repo / "app.py"), "--port", str(self.port)],
+            cwd=cwd, env={**os.environ, **env}, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"app exited early:\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"app not ready after {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except Exception:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The app serving a folder with one tiny local model, offline."""
+    root = tmp_path_factory.mktemp("app")
+    models = root / "checkpoints"
+    make_tiny_checkpoint(models / "tiny")
+    app = AppProcess(
+        {
+            "BEDGEN_CHECKPOINTS": str(models),
+            "BEDGEN_DEFAULT_MODEL": str(models / "tiny"),
+            "BEDGEN_MAX_IMAGES": "6",
+            "HF_HUB_OFFLINE": "1",
+        },
+        cwd=root,
+    )
+    try:
+        app.wait_ready()
+        yield app
+    finally:
+        app.stop()

@@ -1,0 +1,123 @@
+"""The bedgen command line, run as a user would (separate processes)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def bedgen(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "bedgen", *args], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
+
+
+def bedgen_in_process(capsys, *args):
+    """Run the CLI in this process (fast); returns (exit code, stdout, stderr)."""
+    from bedgen.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # argparse exits on its own errors
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sample_writes_images_grid_and_summary(tiny_checkpoint, tmp_path):
+    out = tmp_path / "s"
+    run = bedgen("sample", "--model", str(tiny_checkpoint), "--num-images", "3", "--steps", "3",
+                 "--scheduler", "ddim", "--seed", "5", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "000002.png", "grid.png", "samples.json"]
+    assert Image.open(out / "000000.png").size == (16, 16)
+    assert Image.open(out / "grid.png").size == (2 * 18 + 2, 2 * 18 + 2)
+    summary = json.loads((out / "samples.json").read_text())
+    assert summary["seeds"] == [5, 7] and summary["sampler"] == "ddim" and summary["steps"] == 3
+    assert "wrote 3 images" in run.stdout
+
+
+def test_two_fp32_runs_give_identical_png_bytes(tiny_checkpoint, tmp_path):
+    args = ["sample", "--model", str(tiny_checkpoint), "-n", "3", "--steps", "4", "--scheduler", "ddpm",
+            "--seed", "11", "--dtype", "fp32"]
+    assert bedgen(*args, "--out", str(tmp_path / "a")).returncode == 0
+    assert bedgen(*args, "--out", str(tmp_path / "b")).returncode == 0
+    for name in ("000000.png", "000001.png", "000002.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_batch_size_1_and_4_agree_within_one_level(tiny_checkpoint, tmp_path):
+    args = ["sample", "--model", str(tiny_checkpoint), "-n", "4", "--steps", "4", "--seed", "2", "--dtype", "fp32"]
+    assert bedgen(*args, "--batch-size", "1", "--out", str(tmp_path / "b1")).returncode == 0
+    assert bedgen(*args, "--batch-size", "4", "--out", str(tmp_path / "b4")).returncode == 0
+    for i in range(4):
+        a = np.asarray(Image.open(tmp_path / "b1" / f"{i:06d}.png"), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "b4" / f"{i:06d}.png"), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--steps", "0"], "--steps: must be at least 1"),
+        (["--steps", "-4"], "--steps: must be at least 1"),
+        (["--steps", "101"], "steps must be between 1 and 100 (the model's training steps)"),
+        (["--scheduler", "plms"], "unknown scheduler 'plms'"),
+        (["--num-images", "-1"], "--num-images/-n: must be at least 1"),
+        (["--num-images", "0"], "--num-images/-n: must be at least 1"),
+        (["--num-images", "1000000000"], "--num-images must be at most 100000"),
+        (["--seed", "abc"], "the seed must be a whole number"),
+        (["--dtype", "fp8"], "invalid choice: 'fp8'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(capsys, tiny_checkpoint, tmp_path, extra, message):
+    code, _, err = bedgen_in_process(capsys, "sample", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "x"), *extra)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], err
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("not a model", "neither a local directory nor a Hub id"),
+        ("org/unreachable-model", "'org/unreachable-model' is not in the local cache and offline mode is on"),
+    ],
+)
+def test_unknown_or_unreachable_model_exit_2(capsys, monkeypatch, tmp_path, model, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = bedgen_in_process(capsys, "sample", "--model", model, "--out", str(tmp_path / "x"))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("bedgen: error: ")
+    assert message in err
+
+
+def test_unwritable_output_folder(capsys, tiny_checkpoint, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = bedgen_in_process(capsys, "sample", "--model", str(tiny_checkpoint), "--out", str(blocker / "sub"))
+    assert code == 2 and "cannot write to output folder" in err
+
+
+def test_models_lists_local_checkpoints_then_curated_hub_models(capsys, tiny_checkpoint):
+    code, out, err = bedgen_in_process(capsys, "models", "--root", str(tiny_checkpoint.parent), "--json")
+    assert code == 0, err
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert entries[0] == {"ref": str(tiny_checkpoint), "source": "local", "description": "ddpm · preset tiny · 16 px"}
+    hub = [e["ref"] for e in entries if e["source"] == "hub"]
+    assert hub[0] == "google/ddpm-ema-bedroom-256"
+    assert "openai/diffusers-cd_bedroom256_lpips" in hub
+
+
+def test_console_script_is_installed():
+    import shutil
+
+    if shutil.which("bedgen") is None:
+        pytest.skip("the package is not pip-installed in this environment (tests/run.sh installs it)")
+    run = subprocess.run(["bedgen", "--version"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("bedgen ")

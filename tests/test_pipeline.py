@@ -1,0 +1,103 @@
+"""Seeded sampling: reproducibility, batch-size invariance, samplers, bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+import bedgen
+from bedgen.device import cpu_has_bf16, resolve
+from bedgen.errors import BedgenError
+from bedgen.pipeline import MAX_SEED
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    return bedgen.load(str(tiny_checkpoint))
+
+
+def _pixels(images):
+    return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++", "unipc", "euler", "euler-a", "heun"])
+def test_batch_size_does_not_change_images(pipe, sampler):
+    one = pipe.generate(4, seed=7, steps=4, scheduler=sampler, batch_size=1, dtype="fp32")
+    four = pipe.generate(4, seed=7, steps=4, scheduler=sampler, batch_size=4, dtype="fp32")
+    assert np.abs(_pixels(one) - _pixels(four)).max() <= 1
+
+
+def test_image_i_of_seed_s_is_image_0_of_seed_s_plus_i(pipe):
+    batch = pipe.generate(3, seed=10, steps=3, scheduler="ddpm", dtype="fp32")
+    alone = pipe.generate(1, seed=12, steps=3, scheduler="ddpm", dtype="fp32")
+    assert np.abs(_pixels(batch[2:]) - _pixels(alone)).max() <= 1
+
+
+def test_same_seed_same_bytes_other_seed_other_images(pipe):
+    a = pipe.generate(2, seed=1, steps=3, dtype="fp32")
+    b = pipe.generate(2, seed=1, steps=3, dtype="fp32")
+    c = pipe.generate(2, seed=2, steps=3, dtype="fp32")
+    assert [im.tobytes() for im in a] == [im.tobytes() for im in b]
+    assert a[0].tobytes() != c[0].tobytes()
+    assert a[0].tobytes() != a[1].tobytes()
+
+
+def test_result_reports_what_was_run_and_progress_counts_evaluations(pipe):
+    calls = []
+    result = pipe.sample(5, seed=0, steps=3, scheduler="ddim", batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    assert result.seeds == [0, 1, 2, 3, 4] and result.steps == 3 and result.sampler == "ddim"
+    assert calls[-1] == (9, 9)  # 3 batches x 3 steps
+    assert [d for d, _ in calls] == list(range(1, 10))
+
+
+def test_trajectory_holds_predicted_clean_images(pipe):
+    result = pipe.sample(2, seed=0, steps=6, scheduler="dpmsolver++", trajectory_every=2)
+    assert len(result.trajectory) == 2
+    assert len(result.trajectory[0]) == 4  # steps 0, 2, 4 and the last
+    assert result.trajectory[0][0].size == (16, 16)
+
+
+def test_auto_placement_on_this_cpu():
+    placement = resolve("auto", "auto")
+    assert placement.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if placement.device.type == "cpu":
+        assert placement.dtype == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    assert resolve("cpu", "fp32").dtype == torch.float32
+
+
+def test_bf16_and_fp32_give_close_images(pipe):
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no native bf16, so auto placement is fp32 and there is nothing to compare")
+    exact = _pixels(pipe.generate(2, seed=3, steps=4, scheduler="ddim", dtype="fp32"))
+    fast = _pixels(pipe.generate(2, seed=3, steps=4, scheduler="ddim", dtype="bf16"))
+    assert np.abs(exact - fast).mean() < 8  # bf16 keeps ~3 significant digits
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n": 0}, "number of images must be between 1"),
+        ({"n": -2}, "number of images must be between 1"),
+        ({"n": 10**9}, "number of images must be between 1 and 100000"),
+        ({"n": 1, "seed": -1}, "seed must be between 0"),
+        ({"n": 1, "seed": "abc"}, "seed must be a whole number"),
+        ({"n": 1, "seed": 1.5}, "seed must be a whole number"),
+        ({"n": 1, "seed": MAX_SEED}, "seed must be between 0"),
+        ({"n": 1, "steps": 0}, "steps must be between 1 and 100"),
+        ({"n": 1, "steps": 101}, "steps must be between 1 and 100"),
+        ({"n": 1, "scheduler": "lms"}, "unknown scheduler 'lms'"),
+        ({"n": 1, "batch_size": 0}, "batch size must be between 1"),
+        ({"n": 1, "device": "tpu"}, "unknown device 'tpu'"),
+        ({"n": 1, "dtype": "fp8"}, "unknown dtype 'fp8'"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(pipe, kwargs, message):
+    with pytest.raises(BedgenError, match=message):
+        pipe.generate(**kwargs)
+
+
+def test_impossible_placements_are_clear_errors(pipe):
+    with pytest.raises(BedgenError, match="fp16 is not supported on CPU"):
+        pipe.generate(1, device="cpu", dtype="fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(BedgenError, match="no CUDA GPU is visible"):
+            pipe.generate(1, device="cuda")
