@@ -36,6 +36,7 @@ from .errors import BedgenError, ModelNotFoundError
 from .hub import download, parse_hub_ref, resolve_ref
 
 BEDGEN_JSON = "bedgen.json"
+RUN_JSON = "bedgen-run.json"  # a training run folder: its "latest" names the newest checkpoint
 FORMAT_VERSION = 1
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -165,7 +166,7 @@ def load_checkpoint(ref: str) -> tuple[UNet2DModel, SchedulerMixin, CheckpointIn
     """Load the network and its training schedule from a local directory or Hub id."""
     local_candidate = Path(str(ref)).expanduser()
     recover_interrupted_save(local_candidate)
-    path = resolve_ref(ref)
+    path = latest_in_run(resolve_ref(ref))
     unet_dir, scheduler_file, layout = find_layout(path, ref)
     if _weights_file(unet_dir) is None:
         hub = parse_hub_ref(ref) if not local_candidate.exists() else None
@@ -182,6 +183,17 @@ def load_checkpoint(ref: str) -> tuple[UNet2DModel, SchedulerMixin, CheckpointIn
     scheduler = _load_scheduler(scheduler_file, ref)
     info = _describe(ref, path, layout, unet, scheduler)
     return unet, scheduler, info
+
+
+def latest_in_run(path: Path) -> Path:
+    """A training run folder stands for its latest checkpoint; anything else for itself."""
+    run_file = path / RUN_JSON
+    if not run_file.is_file():
+        return path
+    latest = json.loads(run_file.read_text()).get("latest")
+    if not latest or not (path / latest).is_dir():
+        raise ModelNotFoundError(f"training run '{path}' has no checkpoint yet; wait for the first one")
+    return path / latest
 
 
 def find_layout(path: Path, ref: str) -> tuple[Path, Path, str]:
@@ -251,12 +263,20 @@ def _describe(
 
 
 def read_description(path: str | Path) -> dict[str, Any]:
-    """The ``bedgen.json`` of a local checkpoint (empty dict if there is none)."""
-    file = Path(path) / BEDGEN_JSON
+    """The ``bedgen.json`` of a local checkpoint or run's latest (empty dict if none)."""
+    try:
+        file = latest_in_run(Path(path)) / BEDGEN_JSON
+    except ModelNotFoundError:
+        return {}
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def looks_like_checkpoint(path: Path) -> bool:
+    if (path / RUN_JSON).is_file():
+        try:
+            path = latest_in_run(path)
+        except ModelNotFoundError:
+            return False
     return (path / "unet" / "config.json").is_file() or (
         (path / "config.json").is_file() and (path / "scheduler_config.json").is_file()
     )

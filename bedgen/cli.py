@@ -130,7 +130,139 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_sample, _add_models)
+# --- training ---------------------------------------------------------------------------
+
+DATA_FLAGS = ("fraction", "square", "subset_seed", "validation_fraction", "flip", "image_column")
+
+
+def _flag_type(hint: object) -> dict:
+    """argparse keywords for a dataclass field's type (Literal -> choices, X | None -> X)."""
+    import types
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _flag_type(args[0])
+    if typing.get_origin(hint) is typing.Literal:
+        return {"choices": typing.get_args(hint)}
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if hint in (int, float, str):
+        return {"type": hint}
+    return {"type": str}
+
+
+def _add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, names: Sequence[str] | None, dest_prefix: str) -> None:
+    """One --flag per config field, default None so only flags given override the preset."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if names is not None and field.name not in names:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        group.add_argument(flag, dest=f"{dest_prefix}{field.name}", default=None,
+                           help=f"(default: {field.default})", **_flag_type(hints[field.name]))
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .config import PRESETS, TrainConfig
+    from .data import DataConfig
+
+    p = sub.add_parser("train", help="train a model (DDPM, improved DDPM) from a preset")
+    p.add_argument("--data", help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or a folder made by 'bedgen prepare'")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    p.add_argument("--resolution", type=_positive_int, default=None, help="image size (default: the preset's)")
+    p.add_argument("--out", required=True, type=Path, help="run folder; also a model REF for 'bedgen sample'")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any config field, e.g. --set unet.dropout=0.1 (JSON values)")
+    _add_dataclass_flags(p.add_argument_group("training"), TrainConfig, None, "train.")
+    _add_dataclass_flags(p.add_argument_group("data"), DataConfig, DATA_FLAGS, "data.")
+    p.set_defaults(func=cmd_train)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """The preset (or the resumed run's config) with the flags that were given applied."""
+    from .checkpoint import latest_in_run, read_description
+    from .config import BedgenConfig, override, preset
+
+    changes: dict[str, object] = {}
+    for key, value in vars(args).items():
+        if key.startswith(("train.", "data.")) and value is not None:
+            changes[key] = value
+    if args.data is not None:
+        changes["data.source"] = args.data
+    if args.resolution is not None:
+        changes["resolution"] = args.resolution
+    if changes.get("train.epochs") is not None:
+        changes["train.max_steps"] = None
+    elif changes.get("train.max_steps") is not None:
+        changes["train.epochs"] = None
+    for item in args.set:
+        field, _, raw = item.partition("=")
+        if not raw:
+            raise BedgenError(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            changes[field.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[field.strip()] = raw
+    if args.resume and (args.out / "bedgen-run.json").is_file():
+        base = BedgenConfig.from_dict(read_description(latest_in_run(args.out))["config"])
+    else:
+        base = preset(args.preset)
+    config = override(base, changes)
+    if not config.data.source:
+        raise BedgenError("--data is required: an image folder, an LSUN LMDB, a dataset id or a prepared folder")
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import Trainer, TrainingDiverged
+
+    config = train_config_from_args(args)
+    trainer = Trainer(config, args.out, resume=args.resume)
+    print(f"training {config.family}/{config.preset} at {config.resolution} px on {len(trainer.data)} images "
+          f"({trainer.images_per_step} images/step, {trainer.max_steps} steps) -> {args.out}", file=sys.stderr)
+    try:
+        checkpoint = trainer.train()
+    except TrainingDiverged as e:
+        print(f"bedgen: {e}", file=sys.stderr)
+        return 3
+    print(f"checkpoint: {checkpoint}\nsample it with: bedgen sample --model {args.out} --out samples/")
+    return 0
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="decode a dataset once into uint8 shards at the training resolution")
+    p.add_argument("--src", required=True, help="image folder, LSUN LMDB or Hugging Face dataset id/dir")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--resolution", required=True, type=_positive_int)
+    p.add_argument("--fraction", type=float, default=1.0)
+    p.add_argument("--subset-seed", type=int, default=0)
+    p.add_argument("--square", choices=("crop", "pad-white"), default="crop")
+    p.add_argument("--image-column", default=None)
+    p.add_argument("--shard-size", type=_positive_int, default=4096)
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data import DataConfig, prepare
+
+    config = DataConfig(source=args.src, square=args.square, fraction=args.fraction,
+                        subset_seed=args.subset_seed, image_column=args.image_column)
+    _check_writable(args.out)
+    with TqdmProgress("decoding", unit="img") as progress:
+        meta = prepare(config, args.out, args.resolution, args.shard_size, progress)
+    print(f"wrote {meta['count']} images at {args.resolution} px to {args.out}"
+          + (f"; skipped {meta['skipped']} unreadable" if meta.get("skipped") else ""))
+    return 0
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_sample, _add_models, _add_train, _add_prepare,
+)
 
 
 class _Parser(argparse.ArgumentParser):

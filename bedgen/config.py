@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .data import DataConfig
 from .errors import BedgenError
 
 Family = Literal["ddpm", "iddpm", "ldm", "smld", "vae", "consistency"]
@@ -20,6 +21,12 @@ Family = Literal["ddpm", "iddpm", "ldm", "smld", "vae", "consistency"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 VarianceType = Literal["fixed_small", "fixed_large", "learned_range"]
+LossType = Literal["mse", "hybrid"]
+TimestepSampling = Literal["uniform", "importance"]
+OptimizerName = Literal["adamw", "adam", "sgd", "adadelta"]
+MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
+LRSchedule = Literal["constant", "cosine"]
+NanPolicy = Literal["stop", "rollback"]
 
 
 @dataclass
@@ -34,6 +41,8 @@ class UNetConfig:
     attention_head_dim: int | None = None
     norm_num_groups: int = 8
     dropout: float = 0.0
+    # "scale_shift" = adaptive group norm on the timestep (Dhariwal & Nichol 2021, Sec. 3)
+    resnet_time_scale_shift: Literal["default", "scale_shift"] = "default"
 
     def validate(self) -> None:
         n = len(self.block_out_channels)
@@ -65,6 +74,58 @@ class DiffusionConfig:
     prediction_type: PredictionType = "epsilon"
     variance_type: VarianceType = "fixed_small"
     clip_sample: bool = True
+    # "hybrid" = L_simple + λ·L_vlb (Nichol & Dhariwal 2021, Eq. 16); needs learned_range
+    loss_type: LossType = "mse"
+    vlb_weight: float = 0.001
+    timestep_sampling: TimestepSampling = "uniform"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, EMA, checkpointing and logging of one training run."""
+
+    max_steps: int | None = 2500  # optimizer updates; None = run --epochs
+    epochs: int | None = None
+    batch_size: int = 32  # per process, per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-3
+    optimizer: OptimizerName = "adamw"
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD only
+    warmup_steps: int = 200
+    lr_schedule: LRSchedule = "constant"
+    grad_clip: float = 1.0  # 0 = off
+    ema_decay: float = 0.999
+    # EMA warm-up: decay_k = min(ema_decay, 1 - (1 + k)^-power) so early samples use recent weights
+    ema_power: float = 0.75
+    ema_every: int = 1
+    mixed_precision: MixedPrecision = "auto"  # bf16 autocast where native, else fp32
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    preview_every: int = 500
+    preview_images: int = 16
+    log_every: int = 10
+    nan_policy: NanPolicy = "stop"
+    validate_every: int = 0  # 0 = never; needs data.validation_fraction > 0
+    early_stop_patience: int = 0  # validations without improvement before stopping; 0 = off
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise BedgenError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.grad_accum < 1:
+            raise BedgenError(f"grad accumulation must be at least 1, got {self.grad_accum}")
+        if (self.max_steps is None) == (self.epochs is None):
+            raise BedgenError("give exactly one of --max-steps and --epochs")
+        if (self.max_steps or 1) < 1 or (self.epochs or 1) < 1:
+            raise BedgenError("--max-steps / --epochs must be at least 1")
+        if not self.lr > 0:
+            raise BedgenError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise BedgenError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
+        if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise BedgenError("--checkpoint-every and keep_checkpoints must be at least 1")
 
 
 @dataclass
@@ -86,6 +147,8 @@ class BedgenConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     @property
     def out_channels(self) -> int:
@@ -95,6 +158,14 @@ class BedgenConfig:
 
     def validate(self) -> None:
         self.unet.validate()
+        self.train.validate()
+        hybrid = self.diffusion.loss_type == "hybrid"
+        learned = self.diffusion.variance_type == "learned_range"
+        if hybrid != learned:
+            raise BedgenError(
+                "a learned variance is trained by the hybrid loss: use diffusion.variance_type=learned_range "
+                "together with diffusion.loss_type=hybrid (or neither)"
+            )
         f = self.unet.downsample_factor
         if self.resolution < f or self.resolution % f:
             raise BedgenError(
@@ -160,13 +231,22 @@ def override(config: BedgenConfig, changes: dict[str, Any]) -> BedgenConfig:
 _D, _AD, _U, _AU = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"
 
 
-def _preset(name: str, resolution: int, unet: UNetConfig, **diffusion: Any) -> BedgenConfig:
+def _preset(
+    name: str, resolution: int, unet: UNetConfig, train: TrainConfig | None = None,
+    family: Family = "ddpm", **diffusion: Any,
+) -> BedgenConfig:
     return BedgenConfig(
         preset=name,
+        family=family,
         resolution=resolution,
         unet=unet,
         diffusion=DiffusionConfig(**diffusion),
+        train=train or TrainConfig(),
     )
+
+
+# The seed DDPM sweep: Adam(W) at 1e-4, batch 16 (lr 1e-3 diverged for mid/big).
+_SWEEP_TRAIN = TrainConfig(max_steps=20_000, batch_size=16, lr=1e-4, warmup_steps=500, ema_decay=0.9999)
 
 
 PRESETS: dict[str, BedgenConfig] = {
@@ -181,6 +261,7 @@ PRESETS: dict[str, BedgenConfig] = {
         "ddpm-small",
         96,
         UNetConfig((64, 64, 128, 128, 256), 1, (_D, _D, _D, _D, _AD), (_AU, _U, _U, _U, _U), None, 32),
+        _SWEEP_TRAIN,
         num_train_timesteps=500,
     ),
     # Same layout as google/ddpm-bedroom-256.
@@ -191,6 +272,7 @@ PRESETS: dict[str, BedgenConfig] = {
             (128, 128, 256, 256, 512, 512), 2,
             (_D, _D, _D, _D, _AD, _D), (_U, _AU, _U, _U, _U, _U), None, 32,
         ),
+        _SWEEP_TRAIN,
         num_train_timesteps=500,
     ),
     "ddpm-big": _preset(
@@ -200,6 +282,7 @@ PRESETS: dict[str, BedgenConfig] = {
             (128, 256, 256, 512, 512, 768), 3,
             (_D, _D, _D, _D, _AD, _D), (_U, _U, _U, _U, _AU, _U), None, 32,
         ),
+        _SWEEP_TRAIN,
         num_train_timesteps=500,
     ),
     # The seed SMLD/DDPM comparison: 3 down + 3 up blocks at 64 px, 1000 steps.
@@ -207,6 +290,26 @@ PRESETS: dict[str, BedgenConfig] = {
         "ddpm-3level",
         64,
         UNetConfig((64, 128, 256), 2, (_D, _D, _AD), (_AU, _U, _U), None, 32),
+        TrainConfig(max_steps=20_000, batch_size=32, lr=1e-4, optimizer="adam", warmup_steps=500, ema_decay=0.9999),
+    ),
+    # The seed improved DDPM: 128 px, attention at 32/16/8, dropout 0.1, AdaGN, lr 3e-4,
+    # EMA 0.9999, micro-batch 8 accumulated to 128, cosine schedule, hybrid loss.
+    "iddpm-128": _preset(
+        "iddpm-128",
+        128,
+        UNetConfig(
+            (128, 128, 256, 384, 512), 2, (_D, _D, _AD, _AD, _AD), (_AU, _AU, _AU, _U, _U), 64, 32,
+            dropout=0.1, resnet_time_scale_shift="scale_shift",
+        ),
+        TrainConfig(
+            max_steps=100_000, batch_size=8, grad_accum=16, lr=3e-4, optimizer="adam",
+            warmup_steps=1000, ema_decay=0.9999, checkpoint_every=2000, preview_every=2000,
+        ),
+        family="iddpm",
+        beta_schedule="squaredcos_cap_v2",
+        variance_type="learned_range",
+        loss_type="hybrid",
+        clip_sample=True,
     ),
 }
 

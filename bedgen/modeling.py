@@ -22,6 +22,7 @@ def build_unet(config: BedgenConfig) -> UNet2DModel:
         attention_head_dim=u.attention_head_dim,
         norm_num_groups=u.norm_num_groups,
         dropout=u.dropout,
+        resnet_time_scale_shift=u.resnet_time_scale_shift,
     )
 
 

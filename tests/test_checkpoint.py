@@ -114,7 +114,7 @@ def test_pickle_with_code_is_refused_and_never_executed(tmp_path):
 
 
 def test_learned_variance_subfolder_layout_samples(tmp_path):
-    path = make_tiny_checkpoint(tmp_path / "iddpm", **{"diffusion.variance_type": "learned_range"})
+    path = make_tiny_checkpoint(tmp_path / "iddpm", **{"diffusion.variance_type": "learned_range", "diffusion.loss_type": "hybrid"})
     (path / BEDGEN_JSON).unlink()  # a foreign diffusers checkpoint: family is inferred
     pipe = bedgen.load(str(path))
     assert pipe.info.layout == "diffusers" and pipe.info.family == "iddpm"
@@ -125,7 +125,7 @@ def test_learned_variance_subfolder_layout_samples(tmp_path):
 
 
 def test_ddpm_sampler_uses_the_learned_variance(tmp_path):
-    path = make_tiny_checkpoint(tmp_path / "iddpm", **{"diffusion.variance_type": "learned_range"})
+    path = make_tiny_checkpoint(tmp_path / "iddpm", **{"diffusion.variance_type": "learned_range", "diffusion.loss_type": "hybrid"})
     pipe = bedgen.load(str(path))
     a = pipe.generate(1, seed=5, steps=4, scheduler="ddpm", dtype="fp32")[0]
     with torch.no_grad():  # a different variance head must change ancestral samples

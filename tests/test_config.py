@@ -41,7 +41,7 @@ def test_every_preset_builds_a_unet_that_runs(name):
 
 
 def test_learned_variance_doubles_output_channels():
-    config = override(preset("tiny"), {"diffusion.variance_type": "learned_range"})
+    config = override(preset("tiny"), {"diffusion.variance_type": "learned_range", "diffusion.loss_type": "hybrid"})
     assert config.out_channels == 6
     assert build_unet(config).config.out_channels == 6
 

@@ -1,0 +1,24 @@
+"""Model families: each supplies a network, its training schedule and a per-sample loss.
+
+The trainer owns everything else (optimisation, EMA, checkpoints, logging), so a
+family is small and every family trains through the same loop.
+"""
+
+from __future__ import annotations
+
+from ..config import BedgenConfig
+from ..errors import BedgenError
+from .ddpm import DiffusionFamily
+
+FAMILIES = {"ddpm": DiffusionFamily, "iddpm": DiffusionFamily}
+
+
+def get_family(config: BedgenConfig) -> DiffusionFamily:
+    if config.family not in FAMILIES:
+        raise BedgenError(
+            f"family '{config.family}' cannot be trained yet; trainable: {', '.join(FAMILIES)}"
+        )
+    return FAMILIES[config.family](config)
+
+
+__all__ = ["DiffusionFamily", "FAMILIES", "get_family"]

@@ -1,0 +1,541 @@
+"""One trainer for every family (DESIGN.md: the family supplies a per-sample loss).
+
+Run directory::
+
+    RUN/bedgen-run.json          status, latest checkpoint, step (the Train tab polls it)
+    RUN/metrics.jsonl            loss, lr, grad-norm, img/s, EMA decay ... every log_every steps
+    RUN/previews/step-XXXXXX.png preview grids with fixed seeds (latest.png = newest)
+    RUN/checkpoints/step-XXXXXX/ checkpoint (EMA weights in unet/) + training_state/
+
+Exact resume: the randomness of optimizer step k on process r (timesteps, noise,
+flips, dropout) is drawn from generators seeded by (seed, r, k), and the data
+order of epoch e is a permutation seeded by (seed, e). So step, data position,
+weights, EMA, optimizer and LR-scheduler state are all a run needs to continue
+the same loss curve; they are saved as safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import RUN_JSON, CheckpointInfo, save_checkpoint, write_json
+from .config import BedgenConfig
+from .data import ImageDataset, open_dataset
+from .device import cpu_has_bf16
+from .errors import BedgenError
+from .families import get_family
+from .images import grid
+from .pipeline import Pipeline
+from .state_io import load_state, save_state
+
+STATE_DIR = "training_state"
+EventFn = Callable[[dict[str, Any]], None]
+
+
+class TrainingDiverged(BedgenError):
+    """The loss or the gradient became NaN/inf and the run was stopped."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer updates done
+    position: int = 0  # images consumed from the endless shuffled stream (all processes)
+    images_seen: int = 0
+    best_val_loss: float = math.inf
+    bad_validations: int = 0
+    rollbacks: int = 0
+    lr_scale: float = 1.0
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A distinct 63-bit seed for (run seed, process, step) — SplitMix64-style mixing."""
+    z = (seed * 0x9E3779B97F4A7C15 + rank * 0xBF58476D1CE4E5B9 + step * 0x94D049BB133111EB) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) % 2**63
+
+
+def resolve_mixed_precision(name: str) -> str:
+    """``auto``: bf16 where the hardware runs it natively (recent GPUs, AVX512-BF16/AMX CPUs)."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "no"
+
+
+def _forget_previous_accelerator() -> None:
+    """accelerate keeps one global state per process; a second run in the same process
+    (tests, sweeps, a notebook) may want another precision, so a single-process run
+    starts from a clean state. Distributed launches keep theirs."""
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+class StreamBatches:
+    """Batches of dataset indices from an endless stream of seeded epoch permutations."""
+
+    def __init__(self, size: int, batch: int, world: int, rank: int, seed: int, position: int):
+        self.size, self.batch, self.world, self.rank, self.seed = size, batch, world, rank, seed
+        self.position = position
+
+    def _index(self, p: int) -> int:
+        epoch, offset = divmod(p, self.size)
+        if getattr(self, "_epoch", None) != epoch:
+            g = torch.Generator().manual_seed(step_seed(self.seed, 10_000, epoch))
+            self._perm, self._epoch = torch.randperm(self.size, generator=g).tolist(), epoch
+        return self._perm[offset]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            start = self.position + self.rank * self.batch
+            yield [self._index(p) for p in range(start, start + self.batch)]
+            self.position += self.batch * self.world
+
+
+class Trainer:
+    """Build with a config and a run folder, then call :meth:`train`."""
+
+    def __init__(self, config: BedgenConfig, run_dir: str | Path, resume: bool = False,
+                 on_event: EventFn | None = None, progress: bool = True):
+        config.validate()
+        self.config, self.run_dir, self.on_event = config, Path(run_dir), on_event
+        # cpu=True on machines without an accelerator: under torchrun / `accelerate launch
+        # --multi_gpu` that selects multi-process CPU training (gloo) instead of one process.
+        no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+        _forget_previous_accelerator()
+        self.accelerator = Accelerator(
+            mixed_precision=resolve_mixed_precision(config.train.mixed_precision), cpu=no_accelerator
+        )
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        self.show_progress = progress and self.is_main
+        self.family = get_family(config)
+        self.data = open_dataset(config.data, config.resolution, "train")
+        self.val_data = self._validation_data()
+        self._prepare_run_dir(resume)
+        torch.manual_seed(config.train.seed)  # the initial weights are part of the run's seed
+        self.model = self.family.build_model()
+        self.ema = EMAModel(
+            self.model.parameters(), decay=config.train.ema_decay, use_ema_warmup=True,
+            power=config.train.ema_power, foreach=True,
+        )
+        self.optimizer = self._make_optimizer()
+        self.max_steps = self._max_steps()
+        self.lr_scheduler = get_scheduler(
+            "cosine" if config.train.lr_schedule == "cosine" else "constant_with_warmup",
+            self.optimizer, num_warmup_steps=config.train.warmup_steps, num_training_steps=self.max_steps,
+        )
+        self.state = TrainState()
+        self.failed_indices: set[int] = set()
+        if resume and self.latest_checkpoint() is not None:
+            self._load(self.latest_checkpoint())
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.ema.to(self.device)
+        self.stop_requested = False
+        self._last_preview_step = -1
+
+    # --- setup --------------------------------------------------------------------------
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        try:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "previews").mkdir(exist_ok=True)
+            probe = self.run_dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise BedgenError(f"cannot write to run folder '{self.run_dir}': {e.strerror or e}") from e
+        if not resume and self.latest_checkpoint() is not None:
+            raise BedgenError(
+                f"'{self.run_dir}' already holds a training run; pass --resume to continue it or choose a new --out"
+            )
+
+    def _validation_data(self) -> ImageDataset | None:
+        if self.config.data.validation_fraction <= 0:
+            return None
+        return open_dataset(self.config.data, self.config.resolution, "validation")
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.config.train
+        params = self.model.parameters()
+        # Fused kernels update all parameters in one pass (CPU and CUDA, torch >= 2.4).
+        if t.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+        if t.optimizer == "adam":
+            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=True)
+        return torch.optim.Adadelta(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    @property
+    def images_per_step(self) -> int:
+        t = self.config.train
+        return t.batch_size * t.grad_accum * self.accelerator.num_processes
+
+    def _max_steps(self) -> int:
+        t = self.config.train
+        if t.max_steps is not None:
+            return t.max_steps
+        return math.ceil(t.epochs * len(self.data) / self.images_per_step)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def train(self) -> Path:
+        """Train to max_steps (or until stopped); returns the last checkpoint directory."""
+        self._install_signal_handlers()
+        self._write_run_status("running")
+        batches = self._batches()
+        bar = self._progress_bar()
+        window: list[float] = []
+        tick, tick_images = time.perf_counter(), 0
+        last_checkpoint = self.latest_checkpoint()
+        try:
+            while self.state.step < self.max_steps and not self.stop_requested:
+                loss, grad_norm = self._train_step(batches)
+                if loss is None:  # non-finite and rolled back
+                    batches = self._batches()
+                    continue
+                window.append(loss)
+                tick_images += self.images_per_step
+                step = self.state.step
+                if step % self.config.train.log_every == 0 or step == self.max_steps:
+                    now = time.perf_counter()
+                    rate = tick_images / max(now - tick, 1e-9)
+                    self._log(sum(window) / len(window), grad_norm, rate)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", img_s=f"{rate:.1f}")
+                    window, tick, tick_images = [], now, 0
+                if bar is not None:
+                    bar.update(1)
+                if self._due(self.config.train.validate_every) and self.val_data is not None:
+                    if self._validate_and_check_patience():
+                        break
+                if self._due(self.config.train.preview_every):
+                    self._preview()
+                if self._due(self.config.train.checkpoint_every) or step == self.max_steps:
+                    last_checkpoint = self.save()
+            if self.state.step != self._step_of(last_checkpoint):
+                last_checkpoint = self.save()  # stopped between checkpoints
+            if self.state.step != self._last_preview_step:
+                self._preview()
+        finally:
+            if bar is not None:
+                bar.close()
+        status = "finished" if self.state.step >= self.max_steps else "stopped"
+        self._write_run_status(status, message=self._skipped_message())
+        self._emit({"event": status, "step": self.state.step, "checkpoint": str(last_checkpoint)})
+        if self.is_main and self.failed_indices:
+            print(self._skipped_message(), flush=True)
+        return last_checkpoint
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.state.step % every == 0
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        t = self.config.train
+        sampler = StreamBatches(
+            len(self.data), t.batch_size, self.accelerator.num_processes,
+            self.accelerator.process_index, t.seed, self.state.position,
+        )
+        loader = torch.utils.data.DataLoader(
+            self.data, batch_sampler=sampler, num_workers=t.num_workers,
+            persistent_workers=t.num_workers > 0,
+        )
+        return iter(loader)
+
+    def _train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> tuple[float | None, float]:
+        t = self.config.train
+        rank = self.accelerator.process_index
+        seed = step_seed(t.seed, rank, self.state.step)
+        torch.manual_seed(seed)  # dropout
+        generator = torch.Generator(self.device).manual_seed(seed)
+        self.model.train()
+        total = 0.0
+        all_t, all_losses = [], []
+        for micro in range(t.grad_accum):
+            batch = next(batches)
+            x0 = self._to_model_input(batch, generator)
+            with self.accelerator.autocast():
+                losses, timesteps, raw = self.family.loss(self.model, x0, generator)
+            loss = losses.mean() / t.grad_accum
+            if micro < t.grad_accum - 1:
+                with self.accelerator.no_sync(self.model):
+                    self.accelerator.backward(loss)
+            else:
+                self.accelerator.backward(loss)
+            total += float(loss.detach())
+            all_t.append(timesteps)
+            all_losses.append(raw)
+        grad_norm = self._clip_gradients()
+        total = float(self.accelerator.reduce(torch.tensor(total, device=self.device), "mean"))
+        if not (math.isfinite(total) and math.isfinite(grad_norm)):
+            return self._on_non_finite(total, grad_norm), grad_norm
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.family.observe(
+            self.accelerator.gather(torch.cat(all_t)), self.accelerator.gather(torch.cat(all_losses))
+        )
+        self.state.step += 1
+        self.state.position += self.images_per_step
+        self.state.images_seen += self.images_per_step
+        if self.state.step % t.ema_every == 0:
+            self.ema.step(self.accelerator.unwrap_model(self.model).parameters())
+        return total, grad_norm
+
+    def _to_model_input(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        failed = batch["index"][~batch["ok"]]
+        self.failed_indices.update(int(i) for i in failed)
+        x0 = batch["image"].to(self.device, non_blocking=True).float() / 127.5 - 1  # [0, 255] -> [-1, 1]
+        if self.config.data.flip:
+            flip = torch.rand(x0.shape[0], generator=generator, device=self.device) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        return x0
+
+    def _clip_gradients(self) -> float:
+        params = self.accelerator.unwrap_model(self.model).parameters()
+        clip = self.config.train.grad_clip
+        norm = self.accelerator.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        return float(norm)
+
+    # --- non-finite guard ---------------------------------------------------------------
+
+    def _on_non_finite(self, loss: float, grad_norm: float) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        what = f"loss={loss}, grad-norm={grad_norm} at step {self.state.step + 1}"
+        latest = self.latest_checkpoint()
+        if self.config.train.nan_policy == "rollback" and latest is not None and self.state.rollbacks < 3:
+            self._load(latest)
+            self.state.rollbacks += 1
+            self.state.lr_scale *= 0.5
+            self._apply_lr_scale()
+            message = f"non-finite {what}; rolled back to {latest.name} with learning rate x{self.state.lr_scale}"
+            self._emit({"event": "rollback", "message": message})
+            if self.is_main:
+                print(message, flush=True)
+            return None
+        kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint had been written yet"
+        message = f"training diverged: non-finite {what}; {kept}. Lower --lr or add --grad-clip."
+        self._write_run_status("diverged", message=message)
+        self._emit({"event": "diverged", "message": message})
+        raise TrainingDiverged(message)
+
+    def _apply_lr_scale(self) -> None:
+        self.lr_scheduler.base_lrs = [self.config.train.lr * self.state.lr_scale for _ in self.lr_scheduler.base_lrs]
+
+    # --- validation, previews, logs ---------------------------------------------------------
+
+    @torch.no_grad()
+    def _validation_loss(self) -> float:
+        model = self.accelerator.unwrap_model(self.model).eval()
+        generator = torch.Generator(self.device).manual_seed(self.config.train.seed)
+        losses = []
+        n = min(len(self.val_data), 512)
+        for start in range(0, n, self.config.train.batch_size):
+            items = [self.val_data[i] for i in range(start, min(start + self.config.train.batch_size, n))]
+            x0 = torch.stack([item["image"] for item in items]).to(self.device).float() / 127.5 - 1
+            losses.append(self.family.loss(model, x0, generator)[2].float().cpu())
+        return float(torch.cat(losses).mean())
+
+    def _validate_and_check_patience(self) -> bool:
+        """Log the validation loss; True when early stopping should end the run."""
+        value = self._validation_loss()
+        self._append_metrics({"step": self.state.step, "val_loss": value})
+        if value < self.state.best_val_loss:
+            self.state.best_val_loss, self.state.bad_validations = value, 0
+            return False
+        self.state.bad_validations += 1
+        patience = self.config.train.early_stop_patience
+        if patience and self.state.bad_validations >= patience:
+            self._emit({"event": "early_stop", "step": self.state.step, "val_loss": value})
+            return True
+        return False
+
+    def ema_pipeline(self) -> Pipeline:
+        """A sampling pipeline on the current EMA weights (CPU copy)."""
+        unet = self.family.build_model()
+        self.ema.copy_to(unet.parameters())
+        info = CheckpointInfo(str(self.run_dir), self.run_dir, "bedgen", self.config.family, self.config)
+        return Pipeline(unet, self.family.training_scheduler(), info)
+
+    def _preview(self) -> None:
+        if not self.is_main or self.config.train.preview_images < 1:
+            return
+        self._last_preview_step = self.state.step
+        pipe = self.ema_pipeline()
+        images = pipe.generate(self.config.train.preview_images, seed=0, device=self.device.type)
+        path = self.run_dir / "previews" / f"step-{self.state.step:06d}.png"
+        sheet = grid(images)
+        sheet.save(path)
+        tmp = path.with_name(".latest.png.tmp")
+        sheet.save(tmp, format="PNG")
+        os.replace(tmp, path.with_name("latest.png"))
+        self._emit({"event": "preview", "step": self.state.step, "path": str(path)})
+
+    def _log(self, loss: float, grad_norm: float, images_per_second: float) -> None:
+        record = {
+            "step": self.state.step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm, "img_per_s": images_per_second,
+            "ema_decay": float(getattr(self.ema, "cur_decay_value", 0.0) or 0.0),
+            "images_seen": self.state.images_seen, "epoch": self.state.position / len(self.data),
+            "skipped": len(self.failed_indices), "max_steps": self.max_steps, "time": time.time(),
+        }
+        self._append_metrics(record)
+        self._emit({"event": "log", **record})
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self._tensorboard(record)
+
+    def _tensorboard(self, record: dict[str, Any]) -> None:
+        if not hasattr(self, "_tb"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self._tb = None
+        if self._tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "time", "max_steps") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        if self.on_event is not None and self.is_main:
+            self.on_event(event)
+
+    def _progress_bar(self):
+        if not self.show_progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.max_steps, initial=self.state.step, unit="step", desc="training", dynamic_ncols=True)
+
+    def _skipped_message(self) -> str:
+        if not self.failed_indices:
+            return ""
+        keys = sorted(self.data.key(i) for i in self.failed_indices)
+        shown = ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
+        return f"skipped {len(keys)} unreadable image(s): {shown}"
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def latest_checkpoint(self) -> Path | None:
+        run_file = self.run_dir / RUN_JSON
+        if not run_file.is_file():
+            return None
+        latest = json.loads(run_file.read_text()).get("latest")
+        return self.run_dir / latest if latest and (self.run_dir / latest).is_dir() else None
+
+    @staticmethod
+    def _step_of(checkpoint: Path | None) -> int:
+        return -1 if checkpoint is None else int(checkpoint.name.split("-")[-1])
+
+    def save(self) -> Path:
+        """Write checkpoints/step-N atomically, point the run at it, prune old ones."""
+        path = self.run_dir / "checkpoints" / f"step-{self.state.step:06d}"
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            pipe = self.ema_pipeline()
+            metadata = {
+                "training": {**asdict(self.state), "max_steps": self.max_steps,
+                             "skipped_images": len(self.failed_indices)},
+                "data": self.data.describe(),
+                "metrics": {},
+            }
+            save_checkpoint(path, pipe.unet, self.family.training_scheduler(), self.config,
+                            metadata=metadata, extra=self._write_training_state)
+            self._write_run_status("running", latest=path)
+            self._prune_checkpoints()
+            self._emit({"event": "checkpoint", "step": self.state.step, "path": str(path)})
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _write_training_state(self, checkpoint_dir: Path) -> None:
+        folder = checkpoint_dir / STATE_DIR
+        folder.mkdir()
+        raw = self.accelerator.unwrap_model(self.model).state_dict()
+        save_file({k: v.detach().cpu().contiguous() for k, v in raw.items()}, str(folder / "raw_unet.safetensors"))
+        optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        save_state(optimizer.state_dict(), folder, "optimizer")
+        save_state(self.family.state_dict(), folder, "family")
+        ema = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
+        trainer = {"state": asdict(self.state), "lr_scheduler": self.lr_scheduler.state_dict(),
+                   "ema": ema, "failed_indices": sorted(self.failed_indices),
+                   "world_size": self.accelerator.num_processes}
+        (folder / "trainer.json").write_text(json.dumps(trainer, indent=1))
+
+    def _load(self, checkpoint: Path) -> None:
+        folder = checkpoint / STATE_DIR
+        if not folder.is_dir():
+            raise BedgenError(f"{checkpoint} has no {STATE_DIR}/ and cannot be resumed")
+        model = self.accelerator.unwrap_model(self.model)
+        model.load_state_dict(load_file(str(folder / "raw_unet.safetensors")))
+        ema_weights = load_file(str(checkpoint / "unet" / "diffusion_pytorch_model.safetensors"))
+        names = [name for name, _ in model.named_parameters()]
+        trainer = json.loads((folder / "trainer.json").read_text())
+        self.ema.load_state_dict({**trainer["ema"], "shadow_params": [ema_weights[n].to(self.device) for n in names]})
+        optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        optimizer.load_state_dict(load_state(folder, "optimizer"))
+        self.family.load_state_dict(load_state(folder, "family"))
+        self.lr_scheduler.load_state_dict(trainer["lr_scheduler"])
+        self.state = TrainState(**trainer["state"])
+        self.failed_indices = set(trainer.get("failed_indices", []))
+        self._apply_lr_scale()
+
+    def _prune_checkpoints(self) -> None:
+        keep = self.config.train.keep_checkpoints
+        folders = sorted((self.run_dir / "checkpoints").glob("step-*"))
+        for old in folders[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _write_run_status(self, status: str, latest: Path | None = None, message: str = "") -> None:
+        if not self.is_main:
+            return
+        run_file = self.run_dir / RUN_JSON
+        current = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        if latest is not None:
+            current["latest"] = str(latest.relative_to(self.run_dir))
+        current.update(
+            status=status, step=self.state.step, max_steps=self.max_steps, pid=os.getpid(),
+            message=message, updated=time.time(), config=self.config.to_dict(),
+        )
+        write_json(run_file, current)
+
+    # --- signals ------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals are only delivered to the main thread
+
+        def request_stop(signum, frame):
+            self.stop_requested = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+
+    def request_stop(self) -> None:
+        """Finish the current step, write a checkpoint and return from :meth:`train`."""
+        self.stop_requested = True
