@@ -173,6 +173,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (DDPM, improved DDPM) from a preset")
     p.add_argument("--data", help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or a folder made by 'bedgen prepare'")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    p.add_argument("--config", type=Path, default=None,
+                   help="a JSON config file (e.g. train/presets/ddpm-mid.json) instead of --preset")
     p.add_argument("--resolution", type=_positive_int, default=None, help="image size (default: the preset's)")
     p.add_argument("--out", required=True, type=Path, help="run folder; also a model REF for 'bedgen sample'")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -210,12 +212,25 @@ def train_config_from_args(args: argparse.Namespace):
             changes[field.strip()] = raw
     if args.resume and (args.out / "bedgen-run.json").is_file():
         base = BedgenConfig.from_dict(read_description(latest_in_run(args.out))["config"])
+    elif getattr(args, "config", None) is not None:
+        base = _config_file(args.config)
     else:
         base = preset(args.preset)
     config = override(base, changes)
     if not config.data.source:
         raise BedgenError("--data is required: an image folder, an LSUN LMDB, a dataset id or a prepared folder")
     return config
+
+
+def _config_file(path: Path):
+    from .config import BedgenConfig
+
+    try:
+        return BedgenConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise BedgenError(f"config file '{path}' does not exist") from None
+    except json.JSONDecodeError as e:
+        raise BedgenError(f"config file '{path}' is not valid JSON: {e}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -59,6 +59,8 @@ CONSISTENCY_SAMPLERS: dict[str, SamplerSpec] = {
 }
 
 ALL_SAMPLERS = {**VP_SAMPLERS, **CONSISTENCY_SAMPLERS}
+# Data-prediction solvers that can clip x̂0 (their `thresholding` option).
+CLIPPING_SOLVERS = ("dpmsolver++", "unipc")
 
 
 def samplers_for(training_scheduler: SchedulerMixin) -> dict[str, SamplerSpec]:
@@ -82,7 +84,13 @@ def make_scheduler(name: str, training_scheduler: SchedulerMixin) -> SchedulerMi
             f"unknown scheduler '{name}' for this model; choose one of {', '.join(available)}"
         )
     spec = available[name]
-    return spec.cls.from_config(training_scheduler.config, **spec.overrides)
+    overrides = dict(spec.overrides)
+    if name in CLIPPING_SOLVERS and training_scheduler.config.get("clip_sample", False):
+        # Clip x̂0 to the data range inside the solver, as DDPM/DDIM do with clip_sample.
+        # Dynamic thresholding (Saharia et al. 2022) bounded by sample_max_value = 1 is
+        # exactly that clip; without it young pixel models give saturated noise.
+        overrides.update(thresholding=True, sample_max_value=training_scheduler.config.get("clip_sample_range", 1.0))
+    return spec.cls.from_config(training_scheduler.config, **overrides)
 
 
 def max_steps(training_scheduler: SchedulerMixin) -> int:

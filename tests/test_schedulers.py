@@ -79,3 +79,15 @@ def test_valid_steps_pass():
     assert check_steps(1, TRAINING) == 1
     assert check_steps(1000, TRAINING) == 1000
     assert check_steps(20.0, TRAINING) == 20
+
+
+def test_data_prediction_solvers_clip_x0_like_the_training_schedule():
+    for name in ("dpmsolver++", "unipc"):
+        scheduler = make_scheduler(name, TRAINING)  # clip_sample=True by default
+        assert scheduler.config.thresholding and scheduler.config.sample_max_value == 1.0
+    unclipped = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    assert not make_scheduler("dpmsolver++", unclipped).config.thresholding
+    # with the bound at 1, dynamic thresholding is exactly a clip of x0 to [-1, 1]
+    scheduler = make_scheduler("dpmsolver++", TRAINING)
+    x0 = torch.linspace(-3, 3, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    assert torch.equal(scheduler._threshold_sample(x0), x0.clamp(-1, 1))

@@ -199,7 +199,7 @@ def test_unreadable_images_are_skipped_and_counted(rooms, tmp_path):
 
 class _Args:
     def __init__(self, **kw):
-        defaults = dict(data=None, preset="tiny", resolution=None, out=Path("/tmp/x"), resume=False, set=[])
+        defaults = dict(data=None, preset="tiny", config=None, resolution=None, out=Path("/tmp/x"), resume=False, set=[])
         defaults.update(kw)
         self.__dict__.update(defaults)
 
@@ -250,3 +250,26 @@ def test_cli_exit_codes(rooms, tmp_path):
     with lmdb.open(str(lmdb_dir), map_size=1 << 20) as env, env.begin(write=True) as txn:
         txn.put(b"a", b"hello")
     assert main(["train", "--data", str(lmdb_dir), "--out", str(tmp_path / "r2")]) == 2
+
+
+def test_preset_files_in_train_match_the_presets():
+    from bedgen.config import PRESETS
+
+    folder = Path(__file__).resolve().parent.parent / "train" / "presets"
+    assert sorted(p.stem for p in folder.glob("*.json")) == sorted(PRESETS)
+    for name, config in PRESETS.items():
+        assert json.loads((folder / f"{name}.json").read_text()) == json.loads(json.dumps(config.to_dict())), name
+
+
+def test_prepare_then_train_from_the_shards_cli(rooms, tmp_path, capsys):
+    from bedgen.cli import main
+
+    assert main(["prepare", "--src", str(rooms), "--out", str(tmp_path / "shards"), "--resolution", "16"]) == 0
+    assert "wrote 48 images at 16 px" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "shards" / "meta.json").read_text())
+    assert meta["count"] == 48 and meta["resolution"] == 16
+    code = main(["train", "--data", str(tmp_path / "shards"), "--preset", "tiny", "--resolution", "16",
+                 "--out", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "4",
+                 "--preview-every", "0", "--checkpoint-every", "2"])
+    assert code == 0
+    assert bedgen.load(str(tmp_path / "run")).info.metadata["data"]["kind"] == "shards"

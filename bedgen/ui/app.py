@@ -8,6 +8,7 @@ import gradio as gr
 
 from .cache import PipelineCache
 from .generate import build_generate_tab
+from .train import build_train_tab
 from .settings import AppSettings
 
 INTRO = """# bedgen — diffusion models of bedrooms
@@ -22,7 +23,10 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     with gr.Blocks(title="bedgen") as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Generate"):
-            build_generate_tab(settings, cache)
+            generate = build_generate_tab(settings, cache)
+        if settings.training_enabled:
+            with gr.Tab("Train"):
+                build_train_tab(settings, generate["model"])
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     return demo
 

@@ -21,6 +21,13 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"bedgen app: environment variable {name} must be a whole number, got {raw!r}")
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw in {"1", "true", "yes", "on"}
+
+
 @dataclass(frozen=True)
 class AppSettings:
     checkpoints: Path
@@ -31,6 +38,8 @@ class AppSettings:
     model_cache_size: int = 2  # pipelines kept in memory
     concurrency: int = 1  # generate requests running at once
     queue_size: int = 32  # waiting requests before new ones are refused
+    data_roots: tuple[Path, ...] = (Path("data"),)  # where the Train tab may read images
+    training_enabled: bool = True
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -44,4 +53,9 @@ class AppSettings:
             model_cache_size=_env_int("BEDGEN_MODEL_CACHE", 2),
             concurrency=_env_int("BEDGEN_CONCURRENCY", 1),
             queue_size=_env_int("BEDGEN_QUEUE_SIZE", 32),
+            data_roots=tuple(
+                Path(p).expanduser() for p in os.environ.get("BEDGEN_DATA_ROOTS", "data").split(os.pathsep) if p
+            ),
+            # Off on a public Space (SPACE_ID is set there) unless explicitly enabled.
+            training_enabled=_env_flag("BEDGEN_ENABLE_TRAINING", default=not os.environ.get("SPACE_ID")),
         )

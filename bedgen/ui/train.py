@@ -1,0 +1,236 @@
+"""The Train tab: start, watch and stop one training run in a subprocess.
+
+The run is a ``bedgen train`` process (it survives page reloads and keeps the
+request threads free); the tab reads what the trainer writes to its run folder:
+``bedgen-run.json`` (status, latest checkpoint), ``metrics.jsonl`` (loss curve)
+and ``previews/latest.png``. Runs are created under the checkpoints folder, so
+every checkpoint shows up in the Generate tab's model list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..config import PRESETS
+from ..errors import BedgenError
+from ..hub import parse_hub_ref
+from .components import RawNumber, RawSlider
+from .settings import AppSettings
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,63}$")
+OPTIMIZERS = ["adamw", "adam", "sgd", "adadelta"]
+
+
+@dataclass
+class TrainRequest:
+    data: str
+    preset: str
+    resolution: int
+    max_steps: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    run_name: str
+
+
+class TrainingJobs:
+    """At most one training subprocess per app."""
+
+    def __init__(self, settings: AppSettings):
+        self.settings = settings
+        self.process: subprocess.Popen | None = None
+        self.run_dir: Path | None = None
+        self._lock = threading.Lock()
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, request: TrainRequest) -> Path:
+        with self._lock:
+            if self.running():
+                raise BedgenError(f"a run is already training ({self.run_dir.name}); stop it first")
+            run_dir = self.settings.checkpoints / request.run_name
+            if run_dir.exists():
+                raise BedgenError(f"a model named '{request.run_name}' already exists; choose another run name")
+            command = [
+                sys.executable, "-m", "bedgen", "train", "--data", request.data, "--preset", request.preset,
+                "--resolution", str(request.resolution), "--out", str(run_dir),
+                "--max-steps", str(request.max_steps), "--batch-size", str(request.batch_size),
+                "--lr", repr(request.lr), "--optimizer", request.optimizer,
+                "--checkpoint-every", str(max(1, min(500, request.max_steps // 4))),
+                "--preview-every", str(max(1, min(500, request.max_steps // 4))),
+            ]
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            log = open(run_dir.parent / f".{request.run_name}.log", "w")
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            self.run_dir = run_dir
+            return run_dir
+
+    def stop(self) -> str:
+        with self._lock:
+            if not self.running():
+                return "no run is training"
+            # SIGTERM: the trainer finishes its step, writes a checkpoint and exits.
+            self.process.send_signal(signal.SIGTERM)
+            return f"stopping {self.run_dir.name}: finishing the current step and writing a checkpoint"
+
+    def log_tail(self, lines: int = 5) -> str:
+        if self.run_dir is None:
+            return ""
+        log = self.run_dir.parent / f".{self.run_dir.name}.log"
+        if not log.is_file():
+            return ""
+        text = log.read_text(errors="replace").replace("\r", "\n")
+        return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+def check_request(settings: AppSettings, data: Any, preset: Any, resolution: Any, max_steps: Any,
+                  batch_size: Any, lr: Any, optimizer: Any, run_name: Any) -> TrainRequest:
+    """Validate the form; paths must stay inside the configured data roots."""
+    from .generate import _whole
+
+    if preset not in PRESETS:
+        raise BedgenError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if optimizer not in OPTIMIZERS:
+        raise BedgenError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if not isinstance(run_name, str) or not RUN_NAME.match(run_name.strip()):
+        raise BedgenError("run name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    try:
+        rate = float(lr)
+    except (TypeError, ValueError):
+        raise BedgenError(f"learning rate must be a number, got {lr!r}") from None
+    if not 0 < rate < 1:
+        raise BedgenError(f"learning rate must be between 0 and 1, got {lr!r}")
+    return TrainRequest(
+        data=_check_data_source(settings, data),
+        preset=preset,
+        resolution=_whole("resolution", resolution, 8, 1024),
+        max_steps=_whole("steps", max_steps, 1, 10_000_000),
+        batch_size=_whole("batch size", batch_size, 1, 4096),
+        lr=rate,
+        optimizer=optimizer,
+        run_name=run_name.strip(),
+    )
+
+
+def _check_data_source(settings: AppSettings, data: Any) -> str:
+    if not isinstance(data, str) or not data.strip():
+        raise BedgenError("give a data source: a folder under the data roots or a Hub dataset id")
+    data = data.strip()
+    candidate = Path(data).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        resolved = candidate.resolve()  # follows symlinks, so a link cannot escape the roots
+        roots = [root.resolve() for root in settings.data_roots]
+        if not any(resolved == root or root in resolved.parents for root in roots):
+            allowed = ", ".join(str(r) for r in roots) or "(none configured)"
+            raise BedgenError(f"data folder must be inside the data roots: {allowed} (BEDGEN_DATA_ROOTS)")
+        if not resolved.exists():
+            raise BedgenError(f"data folder '{data}' does not exist")
+        return str(resolved)
+    if parse_hub_ref(data) is None:
+        raise BedgenError(f"'{data}' is neither a folder under the data roots nor a Hub dataset id org/name")
+    return data
+
+
+def read_status(jobs: TrainingJobs) -> tuple[str, list[dict[str, Any]], str | None]:
+    """(status markdown, metric records, path of the latest preview grid)."""
+    run = jobs.run_dir
+    if run is None:
+        return "No run started yet.", [], None
+    state: dict[str, Any] = {}
+    if (run / "bedgen-run.json").is_file():
+        state = json.loads((run / "bedgen-run.json").read_text())
+    records = []
+    if (run / "metrics.jsonl").is_file():
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # a line being written right now
+    losses = [r for r in records if "loss" in r]
+    alive = jobs.running()
+    status = state.get("status", "starting") if alive or state else "starting"
+    if not alive and status in ("running", "starting"):
+        status = "exited" if jobs.process is not None and jobs.process.returncode else "finished"
+    parts = [f"**{run.name}**: {status}"]
+    if losses:
+        last = losses[-1]
+        done, total = last["step"], last.get("max_steps") or 0
+        rate = last.get("img_per_s", 0.0)
+        eta = (total - done) * (last.get("images_seen", 0) / max(done, 1)) / max(rate, 1e-9) if total else 0
+        parts.append(f"step {done}/{total} · loss {last['loss']:.4f} · {rate:.1f} img/s · ETA {eta / 60:.1f} min")
+    if state.get("latest"):
+        parts.append(f"latest checkpoint: `{state['latest']}`")
+    if state.get("message"):
+        parts.append(state["message"])
+    if status in ("exited", "diverged") or (not alive and not state):
+        parts.append(f"```\n{jobs.log_tail()}\n```")
+    preview = run / "previews" / "latest.png"
+    return "\n\n".join(parts), losses, str(preview) if preview.is_file() else None
+
+
+def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
+    from .generate import model_choices
+
+    jobs = TrainingJobs(settings)
+    roots = ", ".join(f"`{r}`" for r in settings.data_roots) or "none"
+    gr.Markdown(
+        f"Train a model on a folder of images (under {roots}), an LSUN LMDB, a folder made by "
+        "`bedgen prepare`, or a Hugging Face dataset id. Checkpoints appear in the Generate tab."
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            data = gr.Textbox(label="Data source", placeholder="data/bedrooms or org/dataset")
+            run_name = gr.Textbox("my-run", label="Run name (folder under the checkpoints folder)")
+            preset = gr.Dropdown(sorted(PRESETS), value="tiny", label="Preset")
+            resolution = RawNumber(32, label="Resolution (px)", precision=0)
+            max_steps = RawNumber(2500, label="Steps", precision=0)
+            batch_size = RawSlider(1, 256, value=32, step=1, label="Batch size")
+            lr = RawNumber(1e-3, label="Learning rate")
+            optimizer = gr.Dropdown(OPTIMIZERS, value="adamw", label="Optimizer")
+            with gr.Row():
+                start = gr.Button("Start", variant="primary", elem_id="train-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        with gr.Column(scale=2):
+            status = gr.Markdown("No run started yet.", elem_id="train-status")
+            curve = gr.LinePlot(x="step", y="loss", title="Training loss", height=260)
+            preview = gr.Image(label="Latest preview (EMA weights, fixed seeds)", type="filepath", height=320)
+
+    def on_start(*values):
+        try:
+            request = check_request(settings, *values)
+            run_dir = jobs.start(request)
+        except BedgenError as e:
+            raise gr.Error(str(e)) from e
+        return f"**{run_dir.name}**: starting…"
+
+    def on_status():
+        import pandas as pd
+
+        text, losses, image = read_status(jobs)
+        frame = pd.DataFrame([{"step": r["step"], "loss": r["loss"]} for r in losses], columns=["step", "loss"])
+        return text, frame, image, gr.Dropdown(choices=model_choices(settings))
+
+    start.click(on_start, [data, preset, resolution, max_steps, batch_size, lr, optimizer, run_name], status,
+                api_name="train_start", concurrency_limit=None)
+    stop.click(lambda: jobs.stop(), None, status, api_name="train_stop", concurrency_limit=None)
+    poll = gr.Button("Refresh status", size="sm", elem_id="train-refresh")
+    poll.click(on_status, None, [status, curve, preview, model_dropdown], api_name="train_status",
+               concurrency_limit=None)
+    timer = gr.Timer(2.0)
+    timer.tick(on_status, None, [status, curve, preview, model_dropdown], api_visibility="private",
+               concurrency_limit=None, show_progress="hidden")

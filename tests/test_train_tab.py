@@ -1,0 +1,79 @@
+"""The Train tab through gradio_client: start a run, watch it, stop it, sample from it."""
+
+import time
+
+import pytest
+from gradio_client import Client
+
+from conftest import AppProcess
+from synthetic import write_rooms
+
+
+@pytest.fixture(scope="module")
+def train_app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-app")
+    write_rooms(root / "data" / "rooms", 40, size=24)
+    (root / "outside").mkdir()
+    write_rooms(root / "outside", 4, size=24)
+    app = AppProcess(
+        {"BEDGEN_CHECKPOINTS": str(root / "checkpoints"), "BEDGEN_DATA_ROOTS": str(root / "data"),
+         "BEDGEN_DEFAULT_MODEL": "google/ddpm-ema-bedroom-256", "HF_HUB_OFFLINE": "1"},
+        cwd=root,
+    )
+    try:
+        app.wait_ready()
+        yield app, root
+    finally:
+        app.stop()
+
+
+def _start(client, data, name, steps=100000, resolution=16):
+    return client.predict(data, "tiny", resolution, steps, 8, 1e-3, "adamw", name, api_name="/train_start")
+
+
+def _wait_for(client, predicate, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.predict(api_name="/train_status")
+        if predicate(status):
+            return status
+        time.sleep(1)
+    raise AssertionError(f"timed out; last status: {status[0]}")
+
+
+def test_start_watch_stop_then_generate_from_the_run(train_app):
+    app, root = train_app
+    client = Client(app.url, verbose=False)
+    assert "starting" in _start(client, str(root / "data" / "rooms"), "tab-run")
+    with pytest.raises(Exception, match="already training"):
+        _start(client, str(root / "data" / "rooms"), "second-run")
+    # progress streams in: the loss curve grows while the run trains
+    status = _wait_for(client, lambda s: "step " in s[0] and len(s[1]["data"]) >= 2)
+    assert "loss" in status[0] and "img/s" in status[0]
+    assert "stopping" in client.predict(api_name="/train_stop")
+    status = _wait_for(client, lambda s: "stopped" in s[0] and "latest checkpoint" in s[0])
+    run = str(root / "checkpoints" / "tab-run")
+    assert run in str(status[3])  # the Generate tab's model list now offers the run
+    gallery, _, text = client.predict(run, 0, 3, "auto", 1, False, api_name="/generate")
+    assert len(gallery) == 1 and "tab-run" in text
+
+
+@pytest.mark.parametrize(
+    "data, name, message",
+    [
+        ("../outside", "r1", "inside the data roots"),
+        ("/etc", "r2", "inside the data roots"),
+        ("not a dataset", "r3", "neither a folder under the data roots nor a Hub dataset id"),
+        ("DATA", "../escape", "run name"),
+        ("DATA", "existing-run", "already exists"),
+    ],
+)
+def test_bad_train_requests_are_refused(train_app, data, name, message):
+    app, root = train_app
+    client = Client(app.url, verbose=False)
+    (root / "checkpoints" / "existing-run").mkdir(parents=True, exist_ok=True)
+    data = str(root / "data" / "rooms") if data == "DATA" else data
+    if data == "../outside":
+        data = str(root / "data" / ".." / "outside")
+    with pytest.raises(Exception, match=message):
+        _start(client, data, name)
