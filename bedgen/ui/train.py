@@ -58,11 +58,11 @@ class TrainingJobs:
 
     def start(self, request: TrainRequest) -> Path:
         with self._lock:
-            if self.running():
-                raise BedgenError(f"a run is already training ({self.run_dir.name}); stop it first")
             run_dir = self.settings.checkpoints / request.run_name
             if run_dir.exists():
                 raise BedgenError(f"a model named '{request.run_name}' already exists; choose another run name")
+            if self.running():
+                raise BedgenError(f"a run is already training ({self.run_dir.name}); stop it first")
             command = [
                 sys.executable, "-m", "bedgen", "train", "--data", request.data, "--preset", request.preset,
                 "--resolution", str(request.resolution), "--out", str(run_dir),
@@ -164,6 +164,8 @@ def read_status(jobs: TrainingJobs) -> tuple[str, list[dict[str, Any]], str | No
     losses = [r for r in records if "loss" in r]
     alive = jobs.running()
     status = state.get("status", "starting") if alive or state else "starting"
+    if alive and status in ("stopped", "finished"):
+        status = "finishing"  # checkpoint written, process still writing its preview / exiting
     if not alive and status in ("running", "starting"):
         status = "exited" if jobs.process is not None and jobs.process.returncode else "finished"
     parts = [f"**{run.name}**: {status}"]
