@@ -118,8 +118,8 @@ class Pipeline:
         n = _check_int("number of images", n, 1, MAX_IMAGES)
         seed = _check_int("seed", seed, 0, MAX_SEED - n)
         sampler = scheduler or self.default_sampler
-        make_scheduler(sampler, self.training_scheduler)  # validates the name early
         steps = check_steps(self.default_steps if steps is None else steps, self.training_scheduler)
+        evals_per_batch = self._evals(sampler, steps)  # also rejects an unknown sampler name
         placement = self._place(resolve(device, dtype))
         if batch_size is None:
             batch_size = 32 if placement.device.type == "cuda" else 8
@@ -129,7 +129,6 @@ class Pipeline:
         start = time.perf_counter()
         seeds = list(range(seed, seed + n))
         batches = [seeds[i : i + batch_size] for i in range(0, n, batch_size)]
-        evals_per_batch = self._evals(sampler, steps)
         done = 0
 
         def on_eval() -> None:
