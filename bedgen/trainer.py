@@ -157,7 +157,8 @@ class Trainer:
         try:
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             (self.run_dir / "previews").mkdir(exist_ok=True)
-            probe = self.run_dir / ".write-test"
+            # One probe per process: ranks share the folder and must not unlink each other's.
+            probe = self.run_dir / f".write-test-{self.accelerator.process_index}"
             probe.write_text("")
             probe.unlink()
         except OSError as e:
