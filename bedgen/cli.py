@@ -77,6 +77,63 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+
+
+def _fractions(text: str) -> list[float]:
+    return [_fraction(part) for part in text.split(",") if part.strip()]
+
+
+def _add_interpolate(sub: argparse._SubParsersAction) -> None:
+    from .device import DEVICES, DTYPES
+    from .interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS
+
+    p = sub.add_parser("interpolate", help="interpolate between two images through noised states")
+    p.add_argument("--model", required=True, help="local checkpoint directory or Hub id org/name[@revision]")
+    p.add_argument("--image-a", required=True, type=Path, help="first image (any size; preprocessed like the training data)")
+    p.add_argument("--image-b", required=True, type=Path, help="second image")
+    p.add_argument("--t", type=_fraction, default=DEFAULT_T,
+                   help="noise level as a fraction of the training steps: small = blends, large = new rooms")
+    p.add_argument("--frames", type=_positive_int, default=DEFAULT_FRAMES, help="frames with λ evenly from 0 to 1")
+    p.add_argument("--weights", type=_fractions, default=None, help="explicit λ values, e.g. 0.25,0.5 (overrides --frames)")
+    p.add_argument("--method", choices=METHODS, default="noise")
+    p.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help="DDIM steps between t and 0")
+    p.add_argument("--seed", type=_seed, default=0, help="picks the shared noise (method 'noise')")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
+    p.set_defaults(func=cmd_interpolate)
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from .interpolate import interpolate
+    from .pipeline import load
+
+    _check_writable(args.out)
+    pipe = load(args.model)
+    with TqdmProgress("interpolating", unit="eval") as progress:
+        result = interpolate(
+            pipe, args.image_a, args.image_b, t=args.t, weights=args.weights, frames=args.frames,
+            method=args.method, steps=args.steps, seed=args.seed, device=args.device, dtype=args.dtype,
+            progress=progress,
+        )
+    result.save(args.out)
+    summary = {
+        "model": args.model, "image_a": str(args.image_a), "image_b": str(args.image_b),
+        "method": result.method, "t": result.t, "timestep": result.timestep, "steps": result.steps,
+        "seed": result.seed, "weights": result.weights, "placement": result.placement,
+        "seconds": round(result.seconds, 2),
+    }
+    (args.out / "interpolation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {len(result.frames)} frames, strip.png and interpolation.gif to {args.out} "
+          f"({result.method}, t={result.t:g} = step {result.timestep}, {result.steps} steps, {result.seconds:.1f} s)")
+    return 0
+
+
 class TqdmProgress:
     """A ``progress(done, total)`` callback drawing a tqdm bar, opened on first use
     so that argument errors found before any work print no empty bar."""
@@ -276,7 +333,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_sample, _add_models, _add_train, _add_prepare,
+    _add_sample, _add_interpolate, _add_models, _add_train, _add_prepare,
 )
 
 

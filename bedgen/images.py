@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BedgenError
 
 
 def to_pil(batch: torch.Tensor) -> list[Image.Image]:
@@ -36,3 +41,58 @@ def grid(images: list[Image.Image], columns: int | None = None, pad: int = 2) ->
         r, c = divmod(i, columns)
         sheet.paste(im, (pad + c * (w + pad), pad + r * (h + pad)))
     return sheet
+
+
+# --- user-supplied images ----------------------------------------------------------------
+
+MAX_INPUT_PIXELS = 64_000_000  # 8000 x 8000; larger uploads are refused before decoding
+MIN_INPUT_SIDE = 8
+
+
+def load_image(source: "str | os.PathLike[str] | bytes | Image.Image", name: str = "image") -> Image.Image:
+    """Open a user-supplied image with checks that give actionable errors.
+
+    Refuses what is not an image, truncated files, decompression bombs (checked on
+    the header's size, before any pixel is decoded) and images too small to mean
+    anything. Animated images give their first frame. Mode conversion (alpha over
+    white, 16-bit scaling, grayscale) is left to ``bedgen.data.preprocess`` so user
+    images go through exactly the training preprocessing.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        image = _open(source, name)
+    width, height = image.size
+    if width * height > MAX_INPUT_PIXELS:
+        raise BedgenError(
+            f"{name} is {width}x{height} pixels, more than the {MAX_INPUT_PIXELS // 1_000_000} megapixel limit; "
+            "downscale it first"
+        )
+    if min(width, height) < MIN_INPUT_SIDE:
+        raise BedgenError(f"{name} is {width}x{height} pixels; it needs at least {MIN_INPUT_SIDE} pixels on each side")
+    try:
+        image.seek(0)  # animated GIF / WebP / APNG: the first frame
+        image.load()
+    except EOFError:
+        pass
+    except (OSError, ValueError, SyntaxError) as e:
+        raise BedgenError(f"{name} could not be decoded ({e}); the file may be truncated or corrupt") from e
+    return image
+
+
+def _open(source: "str | os.PathLike[str] | bytes", name: str) -> Image.Image:
+    data = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    if not isinstance(data, io.BytesIO) and not os.path.isfile(data):
+        raise BedgenError(f"{name} '{data}' does not exist or is not a file")
+    # Pillow warns above its own pixel limit and raises above twice that, at open time
+    # (from the header). Both become our error, which names the size and the fix.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(data)
+        except Image.DecompressionBombError as e:
+            raise BedgenError(f"{name} is too large to decode safely ({e}); downscale it first") from None
+        except UnidentifiedImageError:
+            raise BedgenError(f"{name} is not an image PIL can read (PNG, JPEG, WebP, GIF, BMP, TIFF ...)") from None
+        except OSError as e:
+            raise BedgenError(f"{name} could not be opened: {e}") from e
