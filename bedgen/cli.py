@@ -332,8 +332,95 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- nearest neighbours -----------------------------------------------------------------
+
+LPIPS_WEIGHTS_HELP = ("torchvision-format backbone state dict (.safetensors or .pth) for offline machines "
+                      "(default: torchvision's pretrained ImageNet weights, downloaded once)")
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    from .data import SQUARES
+    from .device import DEVICES
+    from .neighbours import NETS
+
+    p = sub.add_parser("index", help="build an LPIPS nearest-neighbour index of a dataset (resumable)")
+    p.add_argument("--data", required=True, help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or prepared shards")
+    p.add_argument("--out", required=True, type=Path, help="index folder; rerun the same command to resume")
+    p.add_argument("--resolution", type=_positive_int, default=64, help="images are squared and resized like training data")
+    p.add_argument("--net", choices=NETS, default="alex", help="LPIPS backbone")
+    p.add_argument("--lpips-weights", type=Path, default=None, help=LPIPS_WEIGHTS_HELP)
+    p.add_argument("--square", choices=SQUARES, default="crop")
+    p.add_argument("--fraction", type=_fraction, default=1.0, help="index a reproducible subset in (0, 1]")
+    p.add_argument("--image-column", default=None, help="Hugging Face datasets: the image column")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--shard-size", type=_positive_int, default=4096, help="images per shard file")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(func=cmd_index)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .neighbours import LpipsIndex, build_index, index_is_complete
+
+    was_complete = index_is_complete(args.out)
+    _check_writable(args.out)
+    with TqdmProgress("embedding", unit="img") as progress:
+        path = build_index(
+            args.data, args.out, resolution=args.resolution, net=args.net, lpips_weights=args.lpips_weights,
+            square=args.square, fraction=args.fraction, batch_size=args.batch_size, shard_size=args.shard_size,
+            progress=progress, image_column=args.image_column, device=args.device,
+        )
+    index = LpipsIndex.open(path)
+    skipped = index.manifest["skipped"]
+    typical = index.typical_nn.get("median")
+    print(("index already complete: " if was_complete else "indexed ")
+          + f"{len(index)} images at {index.resolution} px (LPIPS {index.net}, {index.dim} dims) in {path}"
+          + (f"; skipped {skipped} unreadable" if skipped else "")
+          + (f"; typical nearest-neighbour LPIPS {typical:.4f}" if typical is not None else ""))
+    return 0
+
+
+def _add_neighbours(sub: argparse._SubParsersAction) -> None:
+    from .device import DEVICES
+
+    p = sub.add_parser(
+        "neighbours", help="the indexed images nearest to an image under LPIPS (exact)",
+        description="Prints one JSON object per neighbour on stdout (rank, key, path or source, lpips), "
+                    "nearest first; the memorisation verdict goes to stderr.",
+    )
+    p.add_argument("--index", required=True, type=Path, help="a folder made by 'bedgen index'")
+    p.add_argument("--image", required=True, type=Path, help="the query image (any size; preprocessed like the index)")
+    p.add_argument("-k", type=_positive_int, default=5, help="how many neighbours")
+    p.add_argument("--lpips-weights", type=Path, default=None,
+                   help="the backbone weights the index was built with, if not at the path it records")
+    p.add_argument("--exhaustive", action="store_true", help="scan every stored embedding instead of the PCA prefilter")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(func=cmd_neighbours)
+
+
+def cmd_neighbours(args: argparse.Namespace) -> int:
+    from .neighbours import MEMORISATION_FACTOR, LpipsIndex, embedder_for, shared_embedder
+
+    index = LpipsIndex.open(args.index)
+    if args.lpips_weights is not None:
+        embedder = shared_embedder(index.net, args.lpips_weights, args.device)
+    else:
+        embedder = embedder_for(index, args.device)
+    result = index.search([args.image], k=args.k, embedder=embedder, exhaustive=args.exhaustive)[0]
+    for n in result.neighbours:
+        where = {"path": n.path} if n.path is not None else {"source": n.source}
+        print(json.dumps({"rank": n.rank, "key": n.key, **where, "lpips": n.lpips}))
+    if result.typical_nn is None:
+        verdict = "the index is too small to know a typical nearest-neighbour distance"
+    else:
+        verdict = (f"nearest LPIPS {result.nearest:.4f} vs typical nearest-neighbour LPIPS {result.typical_nn:.4f} "
+                   f"in the index: " + ("POSSIBLE MEMORISED COPY" if result.memorised else "not a near-copy")
+                   + f" (threshold {MEMORISATION_FACTOR} x typical)")
+    print(verdict, file=sys.stderr)
+    return 0
+
+
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_sample, _add_interpolate, _add_models, _add_train, _add_prepare,
+    _add_sample, _add_interpolate, _add_models, _add_train, _add_prepare, _add_index, _add_neighbours,
 )
 
 
