@@ -97,15 +97,41 @@ class AppProcess:
             self.process.kill()
 
 
+def save_random_backbone(path: Path, net: str = "alex", seed: int = 0) -> Path:
+    """A torchvision-format backbone state dict with random weights (no download)."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = torchvision.models.alexnet() if net == "alex" else torchvision.models.vgg16()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.features.state_dict(prefix="features.").items()}, str(path))
+    return path
+
+
+def build_room_index(root: Path, count: int = 24) -> tuple[Path, Path]:
+    """An LPIPS index (AlexNet, random backbone saved to a file) of ``count`` synthetic rooms."""
+    from bedgen.neighbours import build_index
+    from synthetic import write_rooms
+
+    write_rooms(root / "rooms", count, size=48, seed=21)
+    weights = save_random_backbone(root / "alexnet-random.safetensors")
+    index = build_index(str(root / "rooms"), root / "indexes" / "rooms", resolution=32, lpips_weights=weights,
+                        progress=None)
+    return index, root / "rooms"
+
+
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory):
-    """The app serving a folder with one tiny local model, offline."""
+    """The app serving a folder with one tiny local model and one LPIPS index, offline."""
     root = tmp_path_factory.mktemp("app")
     models = root / "checkpoints"
     make_tiny_checkpoint(models / "tiny")
+    build_room_index(root)
     app = AppProcess(
         {
             "BEDGEN_CHECKPOINTS": str(models),
+            "BEDGEN_INDEXES": str(root / "indexes"),
             "BEDGEN_DEFAULT_MODEL": str(models / "tiny"),
             "BEDGEN_MAX_IMAGES": "6",
             "HF_HUB_OFFLINE": "1",

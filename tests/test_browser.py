@@ -49,3 +49,67 @@ def test_bad_model_shows_an_error_and_the_page_still_works(page):
     model.press("Enter")
     page.click("#generate-button")
     page.get_by_text("is neither a local directory nor a Hub id").first.wait_for(timeout=30_000)
+
+
+def _upload(page, elem_id, path):
+    # gr.Image keeps a hidden <input type=file> inside its drop zone.
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+    page.locator(f"#{elem_id} img").first.wait_for(state="visible", timeout=30_000)
+
+
+def _loaded_images(page, selector, count):
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll('{selector}')].filter(i => i.complete && i.naturalWidth > 0).length >= {count}",
+        timeout=60_000,
+    )
+
+
+@pytest.fixture(scope="module")
+def rooms(tmp_path_factory):
+    from synthetic import write_rooms
+
+    return write_rooms(tmp_path_factory.mktemp("browser-rooms"), 2, size=40, seed=5)
+
+
+def test_interpolate_tab_upload_two_images_move_the_slider_see_frames(page, rooms, tmp_path):
+    page.get_by_role("tab", name="Interpolate").click()
+    _upload(page, "interp-a", rooms[0])
+    _upload(page, "interp-b", rooms[1])
+    page.click("#interp-button")
+    page.get_by_text("frame(s)").first.wait_for(timeout=60_000)
+    _loaded_images(page, "#interp-frames img", 8)
+    assert "noise, t = 0.5" in page.locator("#interp-status").inner_text()
+    # Moving λ recomputes the middle image; the status then reports a single frame.
+    slider = page.locator("#interp-weight input[type=range]")
+    slider.fill("0.8")
+    slider.dispatch_event("change")
+    slider.dispatch_event("pointerup")
+    page.get_by_text("1 frame(s)").first.wait_for(timeout=60_000)
+    _loaded_images(page, "#interp-middle img", 1)
+    page.screenshot(path=str(tmp_path / "interpolate.png"))
+
+
+def test_neighbours_tab_query_shows_k_neighbours(page, app_server, tmp_path):
+    page.get_by_role("tab", name="Nearest neighbours").click()
+    _upload(page, "nn-query", app_server.log.parent / "rooms" / "room-00003.png")
+    page.click("#nn-button")
+    page.get_by_text("Nearest of 24 indexed images").first.wait_for(timeout=60_000)
+    _loaded_images(page, "#nn-gallery img", 6)  # the query and k = 5 neighbours
+    assert "Possible memorised copy" in page.locator("#nn-status").inner_text()
+    page.screenshot(path=str(tmp_path / "neighbours.png"))
+
+
+def test_find_neighbours_under_the_generate_gallery(page):
+    page.get_by_role("tab", name="Nearest neighbours").click()
+    before = page.locator("#nn-query img").first.get_attribute("src")
+    page.get_by_role("tab", name="Generate").click()
+    page.click("#generate-button")
+    page.locator("#generate-gallery img").first.wait_for(state="visible", timeout=60_000)
+    page.click("#generate-find-neighbours")
+    # The Neighbours tab opens with the generated sample as its query, and searches.
+    page.wait_for_function(
+        "old => { const i = document.querySelector('#nn-query img'); return i && i.src !== old; }",
+        arg=before, timeout=60_000,
+    )
+    page.locator("#nn-status").get_by_text("Nearest of 24 indexed images").wait_for(timeout=60_000)
+    _loaded_images(page, "#nn-gallery img", 6)

@@ -7,13 +7,17 @@ import argparse
 import gradio as gr
 
 from .cache import PipelineCache
+from .components import gallery_image
 from .generate import build_generate_tab
+from .interpolate import build_interpolate_tab
+from .neighbours import build_neighbours_tab
 from .train import build_train_tab
 from .settings import AppSettings
 
 INTRO = """# bedgen — diffusion models of bedrooms
-Generate LSUN-Bedroom-style rooms from a seed. Every image is reproducible from its seed;
-the first run of a Hub model downloads it once.
+Generate LSUN-Bedroom-style rooms from a seed, interpolate between two bedrooms through
+the diffusion's noised states, and check a sample against its nearest training images
+(LPIPS). Every image is reproducible from its seed; the first run of a Hub model downloads it once.
 """
 
 
@@ -22,13 +26,34 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     cache = PipelineCache(settings.model_cache_size)
     with gr.Blocks(title="bedgen") as demo:
         gr.Markdown(INTRO)
-        with gr.Tab("Generate"):
-            generate = build_generate_tab(settings, cache)
-        if settings.training_enabled:
-            with gr.Tab("Train"):
-                build_train_tab(settings, generate["model"])
+        with gr.Tabs() as tabs:
+            with gr.Tab("Generate", id="generate"):
+                generate = build_generate_tab(settings, cache)
+            with gr.Tab("Interpolate", id="interpolate"):
+                build_interpolate_tab(settings, cache, generate["gallery"], generate["selected"])
+            with gr.Tab("Nearest neighbours", id="neighbours"):
+                neighbours = build_neighbours_tab(settings, generate["gallery"], generate["selected"])
+            if settings.training_enabled:
+                with gr.Tab("Train", id="train"):
+                    build_train_tab(settings, generate["model"])
+        _wire_find_neighbours(generate, neighbours, tabs)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     return demo
+
+
+def _wire_find_neighbours(generate: dict, neighbours: dict, tabs: gr.Tabs) -> None:
+    """The button under the Generate gallery: query with the selected sample, show its neighbours."""
+
+    def take_sample(gallery, selected):
+        return gallery_image(gallery, selected), gr.Tabs(selected="neighbours")
+
+    generate["find_neighbours"].click(
+        take_sample, [generate["gallery"], generate["selected"]], [neighbours["query"], tabs],
+        api_name="find_neighbours_of_generated", queue=False,
+    ).success(
+        neighbours["search"], [neighbours["index"], neighbours["query"], neighbours["k"]], neighbours["outputs"],
+        api_name="neighbours_of_generated",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,3 +26,38 @@ class RawNumber(gr.Number):
 
     def preprocess(self, payload: Any) -> Any:
         return payload
+
+
+class ImageUpload(gr.Image):
+    """An image input that hands bedgen the uploaded file's path, undecoded.
+
+    Stock ``gr.Image`` opens every upload with PIL before the event runs, so a
+    non-image, a truncated file or a decompression bomb fails inside Gradio with a
+    generic message. bedgen decodes it instead (``bedgen.images.load_image``) and
+    says what is wrong. Base64 data URLs (clipboard) are passed on as bytes.
+    """
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        if payload is None:
+            return None
+        if payload.path:
+            return payload.path
+        if payload.url and payload.url.startswith("data:"):
+            import base64
+
+            return base64.b64decode(payload.url.split(",", 1)[-1])
+        return None
+
+
+def gallery_image(gallery: Any, index: Any = 0) -> Any:
+    """The image at ``index`` of a Gallery value (list of (image, caption)), or None."""
+    if not gallery:
+        return None
+    try:
+        i = int(index or 0)
+    except (TypeError, ValueError):
+        i = 0
+    item = gallery[i] if 0 <= i < len(gallery) else gallery[0]
+    return item[0] if isinstance(item, (tuple, list)) else item

@@ -115,6 +115,8 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache) -> dict[str,
             button = gr.Button("Generate", variant="primary", elem_id="generate-button")
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="Samples", columns=4, format="png", elem_id="generate-gallery")
+            selected = gr.State(0)  # the gallery image other tabs take ("use last generated image")
+            find_neighbours = gr.Button("🔎 Find nearest training images", size="sm", elem_id="generate-find-neighbours")
             status = gr.Markdown(elem_id="generate-status")
             trajectory = gr.Gallery(label="Predicted clean image x̂₀ while denoising", columns=8, format="png")
 
@@ -147,7 +149,12 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache) -> dict[str,
         api_name="refresh_models", queue=False,
     )
     model.change(lambda ref: describe_model(ref, settings), model, model_info, api_name="describe_model", queue=False)
-    return {"model": model, "gallery": gallery}
+    gallery.select(_selected_index, None, selected, api_name="select_generated", queue=False)
+    return {"model": model, "gallery": gallery, "selected": selected, "find_neighbours": find_neighbours}
+
+
+def _selected_index(event: gr.SelectData) -> int:
+    return int(event.index) if isinstance(event.index, int) else 0
 
 
 __all__ = ["build_generate_tab", "run_generate", "CURATED_HUB_MODELS"]

@@ -40,6 +40,7 @@ class AppSettings:
     queue_size: int = 32  # waiting requests before new ones are refused
     data_roots: tuple[Path, ...] = (Path("data"),)  # where the Train tab may read images
     training_enabled: bool = True
+    indexes: Path = Path("indexes")  # where the Neighbours tab looks for LPIPS indexes
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -56,6 +57,7 @@ class AppSettings:
             data_roots=tuple(
                 Path(p).expanduser() for p in os.environ.get("BEDGEN_DATA_ROOTS", "data").split(os.pathsep) if p
             ),
+            indexes=Path(os.environ.get("BEDGEN_INDEXES", "indexes")).expanduser(),
             # Off on a public Space (SPACE_ID is set there) unless explicitly enabled.
             training_enabled=_env_flag("BEDGEN_ENABLE_TRAINING", default=not os.environ.get("SPACE_ID")),
         )

@@ -1,0 +1,190 @@
+"""The Interpolate tab: two bedrooms -> noised states -> slerp at λ -> denoised frames."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+from PIL import Image
+
+from ..errors import BedgenError
+from ..interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS, InterpolationResult, interpolate
+from ..pipeline import MAX_SEED
+from .cache import PipelineCache
+from .components import ImageUpload, RawNumber, RawSlider, gallery_image
+from .generate import _whole, model_choices
+from .settings import AppSettings
+
+log = logging.getLogger(__name__)
+MAX_UI_FRAMES = 16
+MAX_UI_STEPS = 200
+GIF_KEEP = 64  # animated GIFs kept on disk for the browser; older ones are removed
+
+T_HELP = (
+    "How far both images are noised before mixing, as a fraction of the model's training steps. "
+    "Small t keeps both pictures, so middle frames look like see-through blends; large t keeps almost "
+    "nothing, so frames are unrelated rooms. 0.4–0.6 keeps the layout and repaints the details."
+)
+METHOD_HELP = (
+    "noise: one shared noise draw (the seed picks it); ddim-inversion: deterministic, "
+    "λ = 0 and 1 give back the inputs at small t"
+)
+
+
+@dataclass
+class InterpolateOutput:
+    frames: list[tuple[Image.Image, str]]
+    middle: Image.Image | None
+    gif: str | None
+    strip: Image.Image | None
+    status: str
+
+
+def run_interpolate(
+    cache: PipelineCache,
+    model: str,
+    image_a: Any,
+    image_b: Any,
+    t: Any,
+    frames: Any,
+    method: str,
+    steps: Any,
+    seed: Any,
+    weight: Any = 0.5,
+    progress: Callable[[int, int], None] | None = None,
+) -> InterpolateOutput:
+    """Typed core of the Run button; raises BedgenError on bad input."""
+    frames = _whole("frames", frames, 2, MAX_UI_FRAMES)
+    steps = _whole("steps", steps, 1, MAX_UI_STEPS)
+    seed = _whole("seed", seed, 0, MAX_SEED)
+    pipe = _model(cache, model, image_a, image_b)
+    result = interpolate(pipe, image_a, image_b, t=t, frames=frames, method=method, steps=steps,
+                         seed=seed, progress=progress)
+    gallery = [(frame, f"λ = {w:.2f}") for frame, w in zip(result.frames, result.weights)]
+    nearest = min(range(len(result.weights)), key=lambda i: abs(result.weights[i] - _weight(weight)))
+    return InterpolateOutput(gallery, result.frames[nearest], _save_gif(result), result.strip(), _status(result, model))
+
+
+def run_weight(
+    cache: PipelineCache, model: str, image_a: Any, image_b: Any, t: Any, weight: Any,
+    method: str, steps: Any, seed: Any, progress: Callable[[int, int], None] | None = None,
+) -> tuple[Image.Image, str]:
+    """The one frame at λ = ``weight`` (what the slider shows between A and B)."""
+    steps = _whole("steps", steps, 1, MAX_UI_STEPS)
+    seed = _whole("seed", seed, 0, MAX_SEED)
+    pipe = _model(cache, model, image_a, image_b)
+    result = interpolate(pipe, image_a, image_b, t=t, weights=[weight], method=method, steps=steps,
+                         seed=seed, progress=progress)
+    return result.frames[0], _status(result, model)
+
+
+def _model(cache: PipelineCache, model: str, image_a: Any, image_b: Any):
+    if image_a is None or image_b is None:
+        raise BedgenError("upload two images (A and B), or use a generated one")
+    if not isinstance(model, str) or not model.strip():
+        raise BedgenError("choose a model (a local checkpoint folder or a Hub id org/name)")
+    return cache.get(model)
+
+
+def _weight(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.5
+
+
+def _status(result: InterpolationResult, model: str) -> str:
+    return (
+        f"**{model}** · {result.method}, t = {result.t:g} (step {result.timestep}), {result.steps} DDIM steps · "
+        f"{len(result.frames)} frame(s) · {result.placement} · {result.seconds:.1f} s"
+    )
+
+
+def _save_gif(result: InterpolationResult) -> str:
+    folder = Path(tempfile.gettempdir()) / "bedgen-interpolations"
+    folder.mkdir(exist_ok=True)
+    old = sorted(folder.glob("*.gif"), key=lambda p: p.stat().st_mtime)
+    for stale in old[: max(0, len(old) - GIF_KEEP)]:
+        stale.unlink(missing_ok=True)
+    path = folder / f"{int(time.time())}-{uuid.uuid4().hex[:8]}.gif"
+    loop = result.frames + result.frames[-2:0:-1]
+    loop[0].save(path, save_all=True, append_images=loop[1:], duration=250, loop=0)
+    return str(path)
+
+
+def _errors_to_ui(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BedgenError as e:
+            raise gr.Error(str(e)) from e
+        except Exception as e:  # never take the app down; keep the cause in the log
+            log.exception("%s failed", what)
+            raise gr.Error(f"{what} failed: {type(e).__name__}: {e}") from e
+
+    return wrapped
+
+
+def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, generated: gr.Gallery,
+                          selected: gr.State) -> None:
+    with gr.Row():
+        model = gr.Dropdown(model_choices(settings), value=settings.default_model, label="Model",
+                            allow_custom_value=True, info="pixel-space models; the first use loads it")
+    with gr.Row(equal_height=True):
+        with gr.Column():
+            image_a = ImageUpload(type="filepath", label="Image A", elem_id="interp-a", height=256)
+            use_a = gr.Button("Use last generated image", size="sm")
+        with gr.Column():
+            middle = gr.Image(label="λ between A and B", interactive=False, elem_id="interp-middle",
+                              height=256, format="png")
+            weight = RawSlider(0, 1, value=0.5, step=0.05, label="λ (0 = A, 1 = B)", elem_id="interp-weight")
+        with gr.Column():
+            image_b = ImageUpload(type="filepath", label="Image B", elem_id="interp-b", height=256)
+            use_b = gr.Button("Use last generated image", size="sm")
+    with gr.Row():
+        t = RawSlider(0.05, 1, value=DEFAULT_T, step=0.05, label="Noise level t", info=T_HELP)
+        frames = RawSlider(2, MAX_UI_FRAMES, value=DEFAULT_FRAMES, step=1, label="Frames")
+    with gr.Row():
+        method = gr.Radio(list(METHODS), value="noise", label="Method", info=METHOD_HELP)
+        steps = RawSlider(1, MAX_UI_STEPS, value=DEFAULT_STEPS, step=1, label="DDIM steps from t")
+        seed = RawNumber(0, label="Seed", precision=0, minimum=0)
+    button = gr.Button("Interpolate", variant="primary", elem_id="interp-button")
+    status = gr.Markdown(elem_id="interp-status")
+    gallery = gr.Gallery(label="Frames", columns=8, format="png", elem_id="interp-frames")
+    with gr.Row():
+        gif = gr.Image(label="Animation", type="filepath", interactive=False, format="gif")
+        strip = gr.Image(label="Strip: A, frames, B", interactive=False, format="png")
+
+    def on_run(model_ref, a, b, t_value, n, method_name, steps_value, seed_value, w, progress=gr.Progress()):
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc="denoising", unit="steps")
+
+        out = run_interpolate(cache, model_ref, a, b, t_value, n, method_name, steps_value, seed_value, w, report)
+        return out.frames, out.middle, out.gif, out.strip, out.status
+
+    def on_weight(model_ref, a, b, t_value, w, method_name, steps_value, seed_value, progress=gr.Progress()):
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc="denoising", unit="steps")
+
+        return run_weight(cache, model_ref, a, b, t_value, w, method_name, steps_value, seed_value, report)
+
+    button.click(
+        _errors_to_ui(on_run, "interpolation"),
+        [model, image_a, image_b, t, frames, method, steps, seed, weight],
+        [gallery, middle, gif, strip, status],
+        api_name="interpolate", concurrency_limit=settings.concurrency, concurrency_id="gpu",
+    )
+    weight.release(
+        _errors_to_ui(on_weight, "interpolation"),
+        [model, image_a, image_b, t, weight, method, steps, seed],
+        [middle, status],
+        api_name="interpolate_weight", concurrency_limit=settings.concurrency, concurrency_id="gpu",
+    )
+    use_a.click(gallery_image, [generated, selected], image_a, api_name="use_generated_a", queue=False)
+    use_b.click(gallery_image, [generated, selected], image_b, api_name="use_generated_b", queue=False)
