@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from diffusers import DDPMPipeline, UNet2DModel
+from diffusers import DDPMPipeline, ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from . import __version__
@@ -68,7 +68,7 @@ def save_checkpoint(
     path = Path(path)
 
     def write(tmp: Path) -> None:
-        DDPMPipeline(unet=unet, scheduler=training_scheduler).save_pretrained(
+        pipeline_class(training_scheduler)(unet=unet, scheduler=training_scheduler).save_pretrained(
             tmp, safe_serialization=True
         )
         description = {
@@ -86,6 +86,13 @@ def save_checkpoint(
 
     replace_dir_atomically(path, write)
     return path
+
+
+def pipeline_class(training_scheduler: SchedulerMixin) -> type:
+    """The diffusers pipeline that samples this kind of model (named in model_index.json)."""
+    if isinstance(training_scheduler, ScoreSdeVeScheduler):
+        return ScoreSdeVePipeline
+    return DDPMPipeline
 
 
 def provenance() -> dict[str, Any]:
@@ -257,6 +264,8 @@ def _describe(
     learned_variance = unet.config.out_channels == 2 * unet.config.in_channels
     if type(scheduler).__name__ == "CMStochasticIterativeScheduler":
         family = "consistency"
+    elif isinstance(scheduler, ScoreSdeVeScheduler):
+        family = "smld"  # e.g. google/ncsnpp-bedroom-256
     else:
         family = "iddpm" if learned_variance else "ddpm"
     return CheckpointInfo(str(ref), path, layout, family)

@@ -42,7 +42,10 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="local checkpoint directory or Hub id org/name[@revision]")
     p.add_argument("--num-images", "-n", type=_positive_int, default=4)
     p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--scheduler", default=None, help="sampler: ddpm, ddim, dpmsolver++, unipc, euler, euler-a, heun")
+    p.add_argument("--scheduler", default=None,
+                   help="sampler: ddpm, ddim, dpmsolver++, unipc, euler, euler-a, heun; langevin, pc for score models")
+    p.add_argument("--step-size", type=float, default=None,
+                   help="score models: Langevin ε, or the corrector's snr for --scheduler pc (default: the model's)")
     p.add_argument("--seed", type=_seed, default=0, help="image i uses seed SEED+i")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--batch-size", type=_positive_int, default=None)
@@ -62,7 +65,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with TqdmProgress("sampling", unit="eval") as progress:
         result = pipe.sample(
             args.num_images, args.seed, args.steps, args.scheduler,
-            args.batch_size, args.device, args.dtype, progress,
+            args.batch_size, args.device, args.dtype, progress, step_size=args.step_size,
         )
     for i, image in enumerate(result.images):
         image.save(args.out / f"{i:06d}.png")
@@ -419,8 +422,247 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- evaluation ---------------------------------------------------------------------------
+
+INCEPTION_WEIGHTS_HELP = (
+    "torch-fidelity Inception weights file (weights-inception-2015-12-05-6726825d.pth) for offline machines "
+    "(default: the standard weights, downloaded once into the torch hub cache)"
+)
+
+
+class StageProgress:
+    """A ``progress(done, total, stage)`` callback with one tqdm bar per stage (e.g. reference, samples)."""
+
+    def __init__(self, unit: str = "img"):
+        self.unit, self.stage, self.bar = unit, None, None
+
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        if stage != self.stage:
+            self.__exit__()
+            self.stage, self.bar = stage, TqdmProgress(stage, self.unit)
+        self.bar(done, total)
+
+    def __enter__(self) -> "StageProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__()
+
+
+def _add_ref_stats(sub: argparse._SubParsersAction) -> None:
+    from .data import SQUARES
+    from .device import DEVICES
+    from .metrics import DEFAULT_MAX_FEATURES, FEATURE_LAYERS
+
+    p = sub.add_parser(
+        "ref-stats", help="Inception statistics of a dataset for FID/KID/precision-recall (.npz)",
+        description="Squares and resizes every image like a model's training data at --resolution, runs "
+                    "Inception and writes mu, sigma, a seeded subset of the features and what they were made from.",
+    )
+    p.add_argument("--data", required=True, help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or prepared shards")
+    p.add_argument("--resolution", required=True, type=_positive_int, help="the resolution of the models to compare")
+    p.add_argument("--out", required=True, type=Path, help="statistics file, e.g. stats/lsun-bedroom-64.npz")
+    p.add_argument("--square", choices=SQUARES, default="crop", help="as the models' training data")
+    p.add_argument("--fraction", type=_fraction, default=1.0, help="a reproducible subset in (0, 1]")
+    p.add_argument("--subset-seed", type=int, default=0)
+    p.add_argument("--image-column", default=None, help="Hugging Face datasets: the image column")
+    p.add_argument("--inception-weights", type=Path, default=None, help=INCEPTION_WEIGHTS_HELP)
+    p.add_argument("--max-features", type=int, default=DEFAULT_MAX_FEATURES,
+                   help="features kept for KID and precision/recall (a seeded subset; 0 = FID only)")
+    p.add_argument("--dims", choices=FEATURE_LAYERS, default="2048",
+                   help="Inception layer: 2048 = pool3, the standard (only it compares with papers); "
+                        "64/192/768 are cheaper, for quick CPU checks and in-training curves")
+    p.add_argument("--batch-size", type=_positive_int, default=50)
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(func=cmd_ref_stats)
+
+
+def cmd_ref_stats(args: argparse.Namespace) -> int:
+    from .metrics import compute_reference_stats
+
+    if args.out.suffix != ".npz":
+        raise BedgenError(f"--out must be a .npz file (bedgen eval tells statistics from data sources by it), got '{args.out}'")
+    _check_writable(args.out.parent)  # before hours of Inception, not after
+    with StageProgress() as progress:
+        stats = compute_reference_stats(
+            args.data, args.resolution, square=args.square, fraction=args.fraction, subset_seed=args.subset_seed,
+            image_column=args.image_column, inception_weights=args.inception_weights, batch_size=args.batch_size,
+            device=args.device, max_features=args.max_features, feature_layer=args.dims, progress=progress,
+        )
+    path = stats.save(args.out)
+    meta = stats.meta
+    formats = ", ".join(f"{name} {count}" for name, count in meta["formats"].items()) or "unknown"
+    print(f"wrote statistics of {meta['count']} images at {meta['resolution']} px (square {meta['square']}, "
+          f"Inception layer {meta['feature_layer']}, {meta['features']} features kept for KID/PR, source formats in a sample: {formats}) to {path}"
+          + (f"; skipped {meta['skipped']} unreadable" if meta["skipped"] else ""))
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .device import DEVICES, DTYPES
+
+    p = sub.add_parser(
+        "eval", help="FID, KID, Inception Score, precision/recall of a model's samples",
+        description="Prints one JSON object on stdout. For a local bedgen checkpoint it is also appended to the "
+                    "'metrics' list of its bedgen.json; Hub and foreign models are only printed.",
+    )
+    p.add_argument("--model", required=True, help="local checkpoint directory or Hub id org/name[@revision]")
+    p.add_argument("--ref", required=True,
+                   help="a .npz from 'bedgen ref-stats', an ADM reference batch (mu, sigma), or a data source "
+                        "(statistics made with the model's preprocessing, cached in $BEDGEN_CACHE or ~/.cache/bedgen)")
+    p.add_argument("--num-samples", "-n", type=_positive_int, default=10_000,
+                   help="generated images (50000 for numbers comparable to papers)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated from fid,kid,is,pr (default: all the reference supports; fid,is for mu/sigma only)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--scheduler", default=None, help="sampler (default: the model's)")
+    p.add_argument("--seed", type=_seed, default=0, help="image i uses seed SEED+i")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per sampling and Inception batch")
+    p.add_argument("--inception-weights", type=Path, default=None, help=INCEPTION_WEIGHTS_HELP)
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="of the diffusion model (Inception runs in fp32)")
+    p.add_argument("--no-record", action="store_true", help="do not store the result in the checkpoint's bedgen.json")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .metrics import check_sample_count, evaluate, parse_metrics, record_result
+    from .pipeline import load
+
+    check_sample_count(args.num_samples)
+    metrics = parse_metrics(args.metrics) if args.metrics is not None else None
+    pipe = load(args.model)
+    with StageProgress() as progress:
+        result = evaluate(
+            pipe, args.ref, num_samples=args.num_samples, metrics=metrics, steps=args.steps,
+            scheduler=args.scheduler, seed=args.seed, batch_size=args.batch_size,
+            inception_weights=args.inception_weights, device=args.device, dtype=args.dtype, progress=progress,
+        )
+    for note in result["warnings"]:
+        print(f"bedgen: warning: {note}", file=sys.stderr)
+    print(json.dumps(result))
+    if args.no_record:
+        return 0
+    stored = record_result(pipe, result)
+    if stored is None:
+        print(f"not stored: '{args.model}' is not a local bedgen checkpoint (a Hub or foreign model); "
+              "the result is only printed", file=sys.stderr)
+    else:
+        print(f"stored in {stored}", file=sys.stderr)
+    return 0
+
+
+# --- sweeps -------------------------------------------------------------------------------
+
+
+def _gpu_list(text: str) -> list[str]:
+    gpus = [part.strip() for part in text.split(",") if part.strip()]
+    if not gpus:
+        raise argparse.ArgumentTypeError(f"expected GPU ids such as 0,1, got {text!r}")
+    return gpus
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep", help="train a grid (or one-at-a-time) sweep of configurations x repeats; resumable",
+        description="Runs every configuration x repeat of a sweep file as a 'bedgen train' process, then writes "
+                    "results.csv, results.md and plots to the sweep folder. Re-running skips finished runs and "
+                    "resumes interrupted ones. The file format is in train/sweeps/README.md.",
+    )
+    p.add_argument("--config", type=Path, default=None, help="sweep file, e.g. train/sweeps/ddpm-oat-64.yaml")
+    p.add_argument("--out", type=Path, default=None,
+                   help="sweep folder (default: $BEDGEN_CHECKPOINTS/sweeps/NAME, i.e. checkpoints/sweeps/NAME)")
+    p.add_argument("--data", default=None, help="data source for every run (replaces the file's data:)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--gpus", type=_gpu_list, default=None,
+                       help="one worker per listed GPU (CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3")
+    where.add_argument("--parallel", type=_positive_int, default=1, help="runs at once on this machine (CPU)")
+    p.add_argument("--dry-run", action="store_true", help="list the planned runs and what would happen; train nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite results.csv, results.md and the plots from the runs on disk; train nothing")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import default_out, load_sweep
+
+    if args.config is None and not (args.report_only and args.out is not None):
+        raise BedgenError("--config is required (only --report-only --out DIR works without it)")
+    spec = load_sweep(args.config, data=args.data) if args.config is not None else None
+    out = args.out if args.out is not None else default_out(spec)
+    if args.dry_run:
+        return _sweep_dry_run(spec, out)
+    if spec is not None and not args.report_only:
+        interrupted = _sweep_train(spec, out, args)
+    else:
+        interrupted = False
+        if spec is not None:
+            _sweep_replan(spec, out)
+    return _sweep_report(out, interrupted)
+
+
+def _sweep_dry_run(spec, out: Path) -> int:
+    from .sweep import check_data, plan, run_status
+
+    runs = plan(spec)
+    try:
+        check_data(spec)
+    except BedgenError as e:
+        print(f"warning: {e}", file=sys.stderr)
+    actions = {"finished": "skip (finished)", "diverged": "skip (diverged)", "incomplete": "resume",
+               "failed": "retry", "pending": "train"}
+    for run in runs:
+        print(f"{actions[run_status(out / 'runs' / run.name)]:<16} {run.name}")
+    configurations = len({run.configuration for run in runs})
+    print(f"{len(runs)} runs ({configurations} configurations x {spec.repeats} repeats) in {out}")
+    return 0
+
+
+def _sweep_train(spec, out: Path, args: argparse.Namespace) -> bool:
+    """Train the sweep; True when it was interrupted (Ctrl-C or SIGTERM)."""
+    import signal
+
+    from tqdm import tqdm
+
+    from .sweep import run_sweep
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)  # a killed sweep checkpoints its runs too
+    try:
+        with TqdmProgress(f"sweep {spec.name}", unit="run") as progress:
+            outcome = run_sweep(spec, out, gpus=args.gpus, parallel=args.parallel, progress=progress,
+                                log=lambda line: tqdm.write(line, file=sys.stderr))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"{len(outcome.launched)} runs trained, {len(outcome.skipped)} already done", file=sys.stderr)
+    return outcome.interrupted
+
+
+def _sweep_replan(spec, out: Path) -> None:
+    """--report-only with a file: report on the file's current plan (new group_by, fewer values)."""
+    from .sweep import write_plan, plan
+
+    write_plan(spec, plan(spec), out)
+
+
+def _sweep_report(out: Path, interrupted: bool) -> int:
+    from .sweep import write_report
+
+    report = write_report(out)
+    print(report.markdown.read_text())
+    print("\n".join(str(p) for p in (report.csv, report.markdown, *report.plots)), file=sys.stderr)
+    if interrupted:
+        print("bedgen: sweep interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_sample, _add_interpolate, _add_models, _add_train, _add_prepare, _add_index, _add_neighbours,
+    _add_sample, _add_interpolate, _add_models, _add_train, _add_prepare, _add_index, _add_neighbours, _add_ref_stats, _add_eval,
+    _add_sweep,
 )
 
 

@@ -110,6 +110,13 @@ class TrainConfig:
     validate_every: int = 0  # 0 = never; needs data.validation_fraction > 0
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = off
     num_workers: int = 0
+    # FID during training (Heusel et al. 2017), logged to metrics.jsonl; the best EMA
+    # weights are kept in RUN/best-fid/. 0 = off; when on, also at the last step.
+    fid_every: int = 0
+    fid_samples: int = 1000  # samples per evaluation (seeds seed .. seed+N-1, the same each time)
+    fid_ref: str | None = None  # .npz from `bedgen ref-stats`, an ADM reference batch, or a data source
+    fid_batch_size: int = 32  # images per sampling + Inception batch (per process)
+    inception_weights: str | None = None  # torch-fidelity Inception weights file; None = the standard download
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -126,6 +133,54 @@ class TrainConfig:
             raise BedgenError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise BedgenError("--checkpoint-every and keep_checkpoints must be at least 1")
+        self._validate_fid()
+
+    def _validate_fid(self) -> None:
+        if self.fid_every < 0:
+            raise BedgenError(f"--fid-every must be 0 (off) or a number of steps, got {self.fid_every}")
+        if self.fid_every == 0:
+            return
+        if not (self.fid_ref or "").strip():
+            raise BedgenError(
+                "--fid-every needs --fid-ref: a .npz from 'bedgen ref-stats', an ADM reference batch, "
+                "or a data source (e.g. the training data) whose statistics are computed and cached"
+            )
+        if self.fid_samples < 2:
+            raise BedgenError(f"--fid-samples must be at least 2 (FID needs a covariance), got {self.fid_samples}")
+        if self.fid_batch_size < 1:
+            raise BedgenError(f"--fid-batch-size must be at least 1, got {self.fid_batch_size}")
+
+
+FinalStep = Literal["denoise", "none"]
+
+
+@dataclass
+class ScoreConfig:
+    """Noise levels and Langevin settings of the score-based family (``smld``).
+
+    Song & Ermon 2019 (NCSN) with the improvements of Song & Ermon 2020 (NCSNv2).
+    """
+
+    sigma_min: float = 0.01
+    # None: the largest pairwise distance between training images (NCSNv2 technique 1),
+    # measured when training starts and written back into the saved config.
+    sigma_max: float | None = None
+    num_levels: int = 200  # L, the training ladder
+    langevin_steps: int = 5  # T, Langevin steps per level when sampling
+    step_size: float = 2e-5  # ε: α_i = ε σ_i² / σ_L²
+    snr: float = 0.16  # signal-to-noise ratio of the predictor-corrector's corrector
+    corrector_steps: int = 1
+    final_step: FinalStep = "denoise"
+
+    def validate(self) -> None:
+        if not self.sigma_min > 0:
+            raise BedgenError(f"score.sigma_min must be positive, got {self.sigma_min}")
+        if self.sigma_max is not None and not self.sigma_max > self.sigma_min:
+            raise BedgenError(f"score.sigma_max ({self.sigma_max}) must exceed score.sigma_min ({self.sigma_min})")
+        if self.num_levels < 2 or self.langevin_steps < 1 or self.corrector_steps < 0:
+            raise BedgenError("score.num_levels must be >= 2, score.langevin_steps >= 1, score.corrector_steps >= 0")
+        if not (self.step_size > 0 and self.snr > 0):
+            raise BedgenError("score.step_size and score.snr must be positive")
 
 
 @dataclass
@@ -146,6 +201,7 @@ class BedgenConfig:
     in_channels: int = 3
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -159,6 +215,7 @@ class BedgenConfig:
     def validate(self) -> None:
         self.unet.validate()
         self.train.validate()
+        self.score.validate()
         hybrid = self.diffusion.loss_type == "hybrid"
         learned = self.diffusion.variance_type == "learned_range"
         if hybrid != learned:
@@ -245,6 +302,15 @@ def _preset(
     )
 
 
+def _score_preset(
+    name: str, resolution: int, unet: UNetConfig, train: TrainConfig, score: ScoreConfig, steps: int
+) -> BedgenConfig:
+    return BedgenConfig(
+        preset=name, family="smld", resolution=resolution, unet=unet, score=score, train=train,
+        sampling=SamplingConfig(scheduler="langevin", steps=steps),
+    )
+
+
 # The seed DDPM sweep: Adam(W) at 1e-4, batch 16 (lr 1e-3 diverged for mid/big).
 _SWEEP_TRAIN = TrainConfig(max_steps=20_000, batch_size=16, lr=1e-4, warmup_steps=500, ema_decay=0.9999)
 
@@ -310,6 +376,23 @@ PRESETS: dict[str, BedgenConfig] = {
         variance_type="learned_range",
         loss_type="hybrid",
         clip_sample=True,
+    ),
+    # Score-based models (SMLD/NCSN, Song & Ermon 2019 with NCSNv2's techniques):
+    # σ_max from the data, σ_min = 0.01, annealed Langevin sampling.
+    "smld-tiny": _score_preset(
+        "smld-tiny", 32, UNetConfig((32, 64, 64), 1, (_D, _AD, _D), (_U, _AU, _U), None, 8),
+        TrainConfig(), ScoreConfig(num_levels=200), steps=100,
+    ),
+    "smld": _score_preset(
+        "smld", 64, UNetConfig((64, 128, 256), 2, (_D, _D, _AD), (_AU, _U, _U), None, 32),
+        TrainConfig(max_steps=50_000, batch_size=64, lr=1e-4, optimizer="adam", warmup_steps=500, ema_decay=0.999),
+        ScoreConfig(num_levels=500, step_size=5e-6), steps=500,
+    ),
+    "smld-128": _score_preset(
+        "smld-128", 128, UNetConfig((128, 128, 256, 256, 512), 2, (_D, _D, _D, _AD, _D), (_U, _AU, _U, _U, _U), None, 32),
+        TrainConfig(max_steps=150_000, batch_size=32, lr=1e-4, optimizer="adam", warmup_steps=1000, ema_decay=0.999,
+                    checkpoint_every=2000, preview_every=2000),
+        ScoreConfig(num_levels=1000, step_size=2e-6), steps=1000,
     ),
 }
 

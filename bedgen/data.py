@@ -273,6 +273,17 @@ class _Reader:
     def load(self, j: int, resolution: int, square: Square) -> np.ndarray:
         return decode(self.read(j), resolution, square)
 
+    def encoding(self, j: int) -> str | None:
+        """The stored file format ("JPEG", "PNG", "WEBP", ...) from the header; None if unknown."""
+        try:
+            data = self.read(j)
+            if isinstance(data, Image.Image):
+                return data.format
+            with Image.open(io.BytesIO(data)) as image:
+                return image.format
+        except Exception:  # unreadable items are reported by load(), not here
+            return None
+
     def info(self) -> dict[str, Any]:
         return {}
 
@@ -546,6 +557,9 @@ class _ShardReader(_Reader, _PerProcess):
         row = j - (int(self.ends[s - 1]) if s else 0)
         return np.array(self._shard(s)[row])  # a writable copy, not a view of the mmap
 
+    def encoding(self, j: int) -> str | None:
+        return None  # decoded pixels: the original file format is gone
+
     def check(self, resolution: int) -> None:
         for s, name in enumerate(self.files):
             array = np.load(self.root / name, mmap_mode="r", allow_pickle=False)
@@ -656,6 +670,13 @@ class ImageDataset(torch.utils.data.Dataset):
             if len(self._bad) <= 10:
                 log.warning("skipping unreadable image %s: %s", self.key(j), _one_line(e))
             return None
+
+    def encoding(self, i: int) -> str | None:
+        """File format image ``i`` is stored in ("JPEG", "PNG", ...); None for prepared shards or unreadable items.
+
+        Lossy references matter for FID: it rewards samples that share their artefacts.
+        """
+        return self._reader.encoding(int(self._positions[i]))
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary recorded in checkpoints."""

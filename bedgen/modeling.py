@@ -23,6 +23,9 @@ def build_unet(config: BedgenConfig) -> UNet2DModel:
         norm_num_groups=u.norm_num_groups,
         dropout=u.dropout,
         resnet_time_scale_shift=u.resnet_time_scale_shift,
+        # Score models condition on log σ through Gaussian Fourier features, and the
+        # UNet then divides its output by σ (NCSN++; Song et al. 2021, App. H).
+        time_embedding_type="fourier" if config.family == "smld" else "positional",
     )
 
 

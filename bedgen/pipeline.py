@@ -23,7 +23,9 @@ from .checkpoint import CheckpointInfo, load_checkpoint
 from .device import Placement, resolve
 from .errors import BedgenError
 from .images import to_pil
+from .families import smld
 from .schedulers import check_steps, default_sampler, make_scheduler, samplers_for
+from . import score_math as sm
 
 ProgressFn = Callable[[int, int], None]
 MAX_SEED = 2**63 - 1
@@ -98,9 +100,11 @@ class Pipeline:
         device: str = "auto",
         dtype: str = "auto",
         progress: ProgressFn | None = None,
+        step_size: float | None = None,
     ) -> list[Image.Image]:
         """``n`` images from seeds ``seed .. seed+n-1``."""
-        return self.sample(n, seed, steps, scheduler, batch_size, device, dtype, progress).images
+        return self.sample(n, seed, steps, scheduler, batch_size, device, dtype, progress,
+                           step_size=step_size).images
 
     def sample(
         self,
@@ -113,8 +117,13 @@ class Pipeline:
         dtype: str = "auto",
         progress: ProgressFn | None = None,
         trajectory_every: int = 0,
+        step_size: float | None = None,
     ) -> SampleResult:
-        """Like :meth:`generate`, with timing and (optionally) the denoising trajectory."""
+        """Like :meth:`generate`, with timing and (optionally) the denoising trajectory.
+
+        ``step_size`` is for score models only: Langevin's ε, or the corrector's
+        signal-to-noise ratio for ``pc`` (default: the model's config).
+        """
         n = _check_int("number of images", n, 1, MAX_IMAGES)
         seed = _check_int("seed", seed, 0, MAX_SEED - n)
         sampler = scheduler or self.default_sampler
@@ -125,6 +134,7 @@ class Pipeline:
             batch_size = 32 if placement.device.type == "cuda" else 8
         batch_size = _check_int("batch size", batch_size, 1, 4096)
         trajectory_every = _check_int("trajectory_every", trajectory_every, 0, steps)
+        self._score_settings = self._check_step_size(step_size)
 
         start = time.perf_counter()
         seeds = list(range(seed, seed + n))
@@ -157,9 +167,35 @@ class Pipeline:
             trajectory=trajectory if trajectory_every else None,
         )
 
+    @property
+    def is_score_model(self) -> bool:
+        return smld.is_score_scheduler(self.training_scheduler)
+
+    def _score_config(self) -> Any:
+        from .config import ScoreConfig
+
+        config = self.info.config
+        return config.score if config is not None and config.family == "smld" else ScoreConfig()
+
+    def _check_step_size(self, step_size: float | None) -> dict[str, float]:
+        if step_size is None:
+            return {}
+        if not self.is_score_model:
+            raise BedgenError("step size applies to score models (smld) only; leave it empty for this model")
+        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not (
+            math.isfinite(step_size) and step_size > 0
+        ):
+            raise BedgenError(f"step size must be a positive number, got {step_size!r}")
+        return {"step_size": float(step_size)}
+
     def _evals(self, sampler: str, steps: int) -> int:
         """Network evaluations per batch (what progress counts)."""
-        scheduler = make_scheduler(sampler, self.training_scheduler)
+        scheduler = make_scheduler(sampler, self.training_scheduler)  # rejects unknown names
+        if self.is_score_model:
+            s = self._score_config()
+            if sampler == "langevin":
+                return smld.langevin_evals(steps, s.langevin_steps, s.final_step == "denoise")
+            return smld.pc_evals(steps, s.corrector_steps)
         scheduler.set_timesteps(steps)
         return len(scheduler.timesteps)
 
@@ -180,6 +216,8 @@ class Pipeline:
         on_eval: Callable[[], None],
         trajectory_every: int,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.is_score_model:
+            return self._sample_score_batch(seeds, sampler, steps, placement, on_eval, trajectory_every)
         scheduler = make_scheduler(sampler, self.training_scheduler)
         scheduler.set_timesteps(steps)
         # CPU generators: the same seed gives the same noise on every device.
@@ -205,6 +243,45 @@ class Pipeline:
                 pred = getattr(step, "pred_original_sample", None)
                 frames.append((pred if pred is not None else x0).cpu())
         return x.cpu(), frames
+
+    def _sample_score_batch(
+        self,
+        seeds: list[int],
+        sampler: str,
+        levels: int,
+        placement: Placement,
+        on_eval: Callable[[], None],
+        trajectory_every: int,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Annealed Langevin or predictor-corrector on the model's σ ladder; output in [-1, 1]."""
+        s = self._score_config()
+        sigmas = smld.sampling_ladder(self.training_scheduler, levels)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        channels, size = self.unet.config.in_channels, self.resolution
+        x = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators])
+        x = (x * float(sigmas[0])).to(placement.device)  # the prior N(0, σ_1² I)
+        frames: list[torch.Tensor] = []
+
+        def score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            with placement.autocast():
+                out = self.unet(x.contiguous(memory_format=torch.channels_last), sigma).sample
+            return out.float()
+
+        def keep_frame(level: int, x: torch.Tensor) -> None:
+            if trajectory_every and level % trajectory_every == 0:
+                frames.append(x.clamp(0, 1).cpu() * 2 - 1)
+
+        step_size = self._score_settings.get("step_size")
+        if sampler == "langevin":
+            x = sm.annealed_langevin(score, x, sigmas, s.langevin_steps, step_size or s.step_size, generators,
+                                     denoise=s.final_step == "denoise", on_eval=on_eval, on_level=keep_frame)
+        else:
+            x = sm.ve_predictor_corrector(score, x, sigmas, step_size or s.snr, s.corrector_steps, generators,
+                                          on_eval=on_eval, on_level=keep_frame)
+        final = (x.clamp(0, 1) * 2 - 1).cpu()  # [0, 1] -> bedgen's [-1, 1]
+        if trajectory_every:
+            frames.append(final)
+        return final, frames
 
     def _match_output(self, out: torch.Tensor, x: torch.Tensor, scheduler: SchedulerMixin) -> torch.Tensor:
         """Learned-variance networks output [ε, v]; only DDPM ancestral sampling uses v."""

@@ -19,6 +19,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    ScoreSdeVeScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -58,7 +59,16 @@ CONSISTENCY_SAMPLERS: dict[str, SamplerSpec] = {
     "consistency": SamplerSpec(CMStochasticIterativeScheduler, "consistency sampling, 1-2 steps"),
 }
 
-ALL_SAMPLERS = {**VP_SAMPLERS, **CONSISTENCY_SAMPLERS}
+# Score models on a σ ladder (variance exploding); bedgen runs these loops itself
+# (bedgen.score_math) so every image draws its noise from its own generator.
+SCORE_SAMPLERS: dict[str, SamplerSpec] = {
+    "langevin": SamplerSpec(
+        ScoreSdeVeScheduler, "annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) + final denoising step"
+    ),
+    "pc": SamplerSpec(ScoreSdeVeScheduler, "VE predictor-corrector (Song et al. 2021, Alg. 2)"),
+}
+
+ALL_SAMPLERS = {**VP_SAMPLERS, **CONSISTENCY_SAMPLERS, **SCORE_SAMPLERS}
 # Data-prediction solvers that can clip x̂0 (their `thresholding` option).
 CLIPPING_SOLVERS = ("dpmsolver++", "unipc")
 
@@ -67,12 +77,17 @@ def samplers_for(training_scheduler: SchedulerMixin) -> dict[str, SamplerSpec]:
     """The samplers that can drive a network trained with ``training_scheduler``."""
     if isinstance(training_scheduler, CMStochasticIterativeScheduler):
         return CONSISTENCY_SAMPLERS
+    if isinstance(training_scheduler, ScoreSdeVeScheduler):
+        return SCORE_SAMPLERS
     return VP_SAMPLERS
 
 
 def default_sampler(training_scheduler: SchedulerMixin) -> str:
     if isinstance(training_scheduler, CMStochasticIterativeScheduler):
         return "consistency"
+    if isinstance(training_scheduler, ScoreSdeVeScheduler):
+        # NCSN++ models were trained for predictor-corrector sampling; bedgen's for Langevin.
+        return "pc"
     return "dpmsolver++"
 
 

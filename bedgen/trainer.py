@@ -6,6 +6,13 @@ Run directory::
     RUN/metrics.jsonl            loss, lr, grad-norm, img/s, EMA decay ... every log_every steps
     RUN/previews/step-XXXXXX.png preview grids with fixed seeds (latest.png = newest)
     RUN/checkpoints/step-XXXXXX/ checkpoint (EMA weights in unet/) + training_state/
+    RUN/best-fid/                the EMA weights with the lowest FID so far (with --fid-every)
+
+FID during training (``--fid-every N``): every N steps and at the last step, the EMA
+weights generate ``fid_samples`` images from seeds seed .. seed+M-1 (the same every
+time, so differences between steps are not sampling noise), split over the processes;
+the main process appends {"step", "fid", "fid_samples", ...} to metrics.jsonl. The last
+such record is the run's final FID.
 
 Exact resume: the randomness of optimizer step k on process r (timesteps, noise,
 flips, dropout) is drawn from generators seeded by (seed, r, k), and the data
@@ -43,6 +50,7 @@ from .pipeline import Pipeline
 from .state_io import load_state, save_state
 
 STATE_DIR = "training_state"
+BEST_FID_DIR = "best-fid"
 EventFn = Callable[[dict[str, Any]], None]
 
 
@@ -59,6 +67,17 @@ class TrainState:
     bad_validations: int = 0
     rollbacks: int = 0
     lr_scale: float = 1.0
+    best_fid: float = math.inf
+    best_fid_step: int = -1
+
+
+def as_saved(scheduler: Any) -> Any:
+    """The schedule as a checkpoint reloads it. diffusers' ``from_config`` lets a sampler
+    use its own default for keys the constructor filled in (``_use_default_values``, not
+    saved) but not for keys read from a file, so e.g. DPM-Solver's timestep spacing would
+    differ between a freshly built schedule and a loaded one. Previews and in-training FID
+    then show what ``bedgen sample`` / ``bedgen eval`` give for the saved checkpoint."""
+    return type(scheduler).from_config(json.loads(scheduler.to_json_string()))
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -128,7 +147,9 @@ class Trainer:
         self.show_progress = progress and self.is_main
         self.family = get_family(config)
         self.data = open_dataset(config.data, config.resolution, "train")
+        self.family.prepare(self.data)  # e.g. σ_max from the data; recorded in the saved config
         self.val_data = self._validation_data()
+        self.fid_inception, self.fid_reference = self._prepare_fid()  # bad input fails before any write
         self._prepare_run_dir(resume)
         torch.manual_seed(config.train.seed)  # the initial weights are part of the run's seed
         self.model = self.family.build_model()
@@ -150,6 +171,7 @@ class Trainer:
         self.ema.to(self.device)
         self.stop_requested = False
         self._last_preview_step = -1
+        self._fid_step, self._fid_result = -1, None  # the latest FID: at which step, and the result (main)
 
     # --- setup --------------------------------------------------------------------------
 
@@ -207,6 +229,7 @@ class Trainer:
         window: list[float] = []
         tick, tick_images = time.perf_counter(), 0
         last_checkpoint = self.latest_checkpoint()
+        early_stopped = False
         try:
             while self.state.step < self.max_steps and not self.stop_requested:
                 loss, grad_norm = self._train_step(batches)
@@ -227,11 +250,16 @@ class Trainer:
                     bar.update(1)
                 if self._due(self.config.train.validate_every) and self.val_data is not None:
                     if self._validate_and_check_patience():
+                        early_stopped = True
                         break
                 if self._due(self.config.train.preview_every):
                     self._preview()
+                if self._due(self.config.train.fid_every) or (step == self.max_steps and self._fid_pending()):
+                    self._measure_fid()  # before the checkpoint, which then carries the result
                 if self._due(self.config.train.checkpoint_every) or step == self.max_steps:
                     last_checkpoint = self.save()
+            if early_stopped and self._fid_pending():
+                self._measure_fid()  # the run still gets a final FID
             if self.state.step != self._step_of(last_checkpoint):
                 last_checkpoint = self.save()  # stopped between checkpoints
             if self.state.step != self._last_preview_step:
@@ -374,7 +402,7 @@ class Trainer:
         unet = self.family.build_model()
         self.ema.copy_to(unet.parameters())
         info = CheckpointInfo(str(self.run_dir), self.run_dir, "bedgen", self.config.family, self.config)
-        return Pipeline(unet, self.family.training_scheduler(), info)
+        return Pipeline(unet, as_saved(self.family.training_scheduler()), info)
 
     def _preview(self) -> None:
         if not self.is_main or self.config.train.preview_images < 1:
@@ -439,6 +467,114 @@ class Trainer:
         shown = ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
         return f"skipped {len(keys)} unreadable image(s): {shown}"
 
+    # --- FID ------------------------------------------------------------------------------
+
+    def _prepare_fid(self) -> tuple[Any, Any]:
+        """The Inception extractor and the reference statistics, or (None, None) without FID.
+
+        Loaded before training so a missing or mismatched reference or weights file stops
+        the run at once. A data-source reference is computed once by the main process and
+        cached; the others then read the cache (for multi-GPU runs, make it beforehand with
+        `bedgen ref-stats`: the others wait meanwhile, within the process group's timeout).
+        """
+        t = self.config.train
+        if t.fid_every <= 0:
+            return None, None
+        from .metrics import check_request, shared_inception
+
+        inception = shared_inception(t.inception_weights, self.device)
+        reference = self._open_fid_reference(inception) if self.is_main else None
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            reference = self._open_fid_reference(inception)  # all shares use the reference's feature layer
+        for note in check_request(("fid",), t.fid_samples, reference, self.config.resolution, inception):
+            if self.is_main:
+                print(f"bedgen: warning: {note}", flush=True)
+        return inception, reference
+
+    def _open_fid_reference(self, inception: Any) -> Any:
+        from .metrics import open_reference
+
+        t, data = self.config.train, self.config.data
+        same_data = (t.fid_ref or "").strip() == data.source.strip()
+        return open_reference(
+            t.fid_ref, self.config.resolution, data.square, inception, batch_size=t.fid_batch_size,
+            image_column=data.image_column if same_data else None,
+            progress=lambda done, total, stage: self._emit({"event": "fid_reference", "done": done, "total": total}),
+        )
+
+    def _fid_pending(self) -> bool:
+        """FID is on and the current step has none yet."""
+        return self.fid_inception is not None and self._fid_step != self.state.step
+
+    def _measure_fid(self) -> None:
+        """FID of the EMA weights; every process generates its share, the main one logs it."""
+        from .metrics import fid_of_features, make_result, sample_features, shard
+
+        t = self.config.train
+        start = time.perf_counter()
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        pipe = self.ema_pipeline()
+        mine = sample_features(pipe, shard(t.fid_samples, rank, world), t.seed, self.fid_inception,
+                               layer=self.fid_reference.layer, batch_size=t.fid_batch_size, device=self.device.type)
+        features = self._gather_rows(mine.features, t.fid_samples)
+        self._fid_step = self.state.step
+        if not self.is_main:
+            return
+        fid = fid_of_features(features, self.fid_reference)
+        seconds = {"sampling": round(mine.sampling_seconds, 2), "features": round(mine.feature_seconds, 2),
+                   "total": round(time.perf_counter() - start, 2)}
+        result = make_result(pipe, t.fid_samples, t.seed, mine, self.fid_reference, self.fid_inception,
+                             {"fid": fid, "settings": {"feature_layer": self.fid_reference.layer}}, seconds, [],
+                             checkpoint_step=self.state.step)
+        self._fid_result = result
+        best = fid < self.state.best_fid
+        if best:
+            self.state.best_fid, self.state.best_fid_step = fid, self.state.step
+            self._save_best_fid(result)
+        record = {
+            "step": self.state.step, "fid": fid, "fid_samples": t.fid_samples,
+            "best_fid": self.state.best_fid, "best_fid_step": self.state.best_fid_step,
+            "reference": result["reference"]["path"] or t.fid_ref, "sampler": mine.sampler, "steps": mine.steps,
+            "seconds": seconds["total"], "time": time.time(),
+        }
+        self._append_metrics(record)
+        self._emit({"event": "fid", **record, "best": best})
+
+    def _gather_rows(self, rows: torch.Tensor, total: int) -> torch.Tensor:
+        """Every process's share of rows in rank order (shares differ in length by at most one)."""
+        from .metrics import shard
+
+        world = self.accelerator.num_processes
+        if world == 1:
+            return rows
+        width = -(-total // world)
+        padded = torch.zeros(width, rows.shape[1], dtype=rows.dtype)
+        padded[: len(rows)] = rows
+        gathered = self.accelerator.gather(padded.to(self.device)).cpu()
+        return torch.cat([gathered[r * width : r * width + len(shard(total, r, world))] for r in range(world)])
+
+    def _save_best_fid(self, result: dict[str, Any]) -> None:
+        """RUN/best-fid: a loadable checkpoint (no training state), swapped in atomically."""
+        pipe = self.ema_pipeline()  # a fresh copy: sampling left the other one channels-last on the device
+        metadata = {
+            "training": {**asdict(self.state), "max_steps": self.max_steps},
+            "data": self.data.describe(),
+            "metrics": [result],
+        }
+        save_checkpoint(self.run_dir / BEST_FID_DIR, pipe.unet, self.family.training_scheduler(), self.config,
+                        metadata=metadata)
+        run_file = self.run_dir / RUN_JSON
+        current = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        current["best_fid"] = {"fid": result["fid"], "step": self.state.step, "checkpoint": BEST_FID_DIR}
+        write_json(run_file, current)
+
+    def _metrics_of_this_step(self) -> list[dict[str, Any]]:
+        """The FID result measured at the current step, for the checkpoint's bedgen.json."""
+        if self._fid_result is not None and self._fid_step == self.state.step:
+            return [self._fid_result]
+        return []
+
     # --- checkpoints --------------------------------------------------------------------
 
     def latest_checkpoint(self) -> Path | None:
@@ -462,7 +598,7 @@ class Trainer:
                 "training": {**asdict(self.state), "max_steps": self.max_steps,
                              "skipped_images": len(self.failed_indices)},
                 "data": self.data.describe(),
-                "metrics": {},
+                "metrics": self._metrics_of_this_step(),
             }
             save_checkpoint(path, pipe.unet, self.family.training_scheduler(), self.config,
                             metadata=metadata, extra=self._write_training_state)

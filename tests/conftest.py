@@ -44,6 +44,17 @@ def make_tiny_checkpoint(path: Path, seed: int = 0, **changes) -> Path:
     return save_checkpoint(path, unet, build_training_scheduler(config), config)
 
 
+def make_tiny_score_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A 16 px score model (smld) with random weights, σ from 20 down to 0.01 over 20 levels."""
+    from bedgen.families.smld import build_score_scheduler
+
+    config = tiny_config(**{"family": "smld", "preset": "smld-tiny", "score.sigma_max": 20.0,
+                            "score.num_levels": 20, "score.langevin_steps": 2,
+                            "sampling.scheduler": "langevin", "sampling.steps": 5})
+    torch.manual_seed(seed)
+    return save_checkpoint(path, build_unet(config), build_score_scheduler(config), config)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny")
@@ -127,11 +138,16 @@ def app_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     models = root / "checkpoints"
     make_tiny_checkpoint(models / "tiny")
+    make_tiny_score_checkpoint(models / "tiny-smld")
     build_room_index(root)
     app = AppProcess(
         {
             "BEDGEN_CHECKPOINTS": str(models),
             "BEDGEN_INDEXES": str(root / "indexes"),
+            # The Evaluate tab: tests put statistics and sweeps there, then refresh.
+            "BEDGEN_REFERENCES": str(root / "references"),
+            "BEDGEN_SWEEPS": str(root / "sweeps"),
+            "BEDGEN_INCEPTION_WEIGHTS": str(save_random_inception(root / "inception-random.pth")),
             "BEDGEN_DEFAULT_MODEL": str(models / "tiny"),
             "BEDGEN_MAX_IMAGES": "6",
             "HF_HUB_OFFLINE": "1",
@@ -143,3 +159,31 @@ def app_server(tmp_path_factory):
         yield app
     finally:
         app.stop()
+
+
+def save_random_inception(path: Path, seed: int = 0) -> Path:
+    """An Inception weights file in torch-fidelity's format (a state dict of its
+    FeatureExtractorInceptionV3, saved with torch.save) with random weights: no download.
+
+    He-normal convolutions keep activations at a usable scale through the 90-odd layers
+    (PyTorch's default init shrinks pool3 features to ~1e-8, where FID is all rounding).
+    """
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Unloaded(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return None  # keep the random init; the real class loads the file in the tests
+
+    empty = path.with_name(path.name + ".empty")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({}, empty)
+    state = Unloaded("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty)).state_dict()
+    empty.unlink()
+    generator = torch.Generator().manual_seed(seed)
+    for name, tensor in state.items():
+        if name.endswith("conv.weight"):
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * (2.0 / tensor[0].numel()) ** 0.5)
+        elif name == "fc.weight":
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) / tensor.shape[1] ** 0.5)
+    torch.save(state, path)
+    return path

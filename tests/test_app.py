@@ -15,9 +15,9 @@ def client(app_server):
     return Client(app_server.url, verbose=False)
 
 
-def _generate(client, app_server, model=None, seed=0, steps=3, sampler="auto", n=2, trajectory=False):
+def _generate(client, app_server, model=None, seed=0, steps=3, sampler="auto", n=2, trajectory=False, **extra):
     model = model or str(Path(app_server.url and app_server.log.parent) / "checkpoints" / "tiny")
-    return client.predict(model, seed, steps, sampler, n, trajectory, api_name="/generate")
+    return client.predict(model, seed, steps, sampler, n, trajectory, api_name="/generate", **extra)
 
 
 def test_every_event_has_an_api_name(client):
@@ -77,6 +77,31 @@ def test_new_checkpoints_appear_after_refresh(client, app_server):
     assert refs.index("google/ddpm-ema-bedroom-256") > refs.index(str(models / "tiny"))
     gallery, _, status = _generate(client, app_server, model=str(models / "fresh"), n=1)
     assert len(gallery) == 1 and "fresh" in status
+
+
+def test_score_model_is_listed_and_samples_with_steps_and_step_size(client, app_server):
+    smld = str(app_server.log.parent / "checkpoints" / "tiny-smld")
+    refs = [value for _label, value in client.predict(api_name="/refresh_models")["choices"]]
+    assert smld in refs
+    gallery, _, status = _generate(client, app_server, model=smld, seed=5, steps=4, n=1)
+    assert "langevin, 4 steps" in status
+    same, _, _ = _generate(client, app_server, model=smld, seed=5, steps=4, n=1)
+    other, _, _ = _generate(client, app_server, model=smld, seed=5, steps=4, n=1, step_size_value=1e-3)
+    pixels = [np.asarray(Image.open(g[0]["image"])) for g in (gallery, same, other)]
+    assert np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[0], pixels[2])
+    _, _, status = _generate(client, app_server, model=smld, steps=3, n=1, sampler="pc")
+    assert "pc, 3 steps" in status
+
+
+@pytest.mark.parametrize("step_size, message", [(-1, "step size must be a positive number"),
+                                                ("big", "step size must be a positive number")])
+def test_bad_step_size_is_a_clear_error(client, app_server, step_size, message):
+    smld = str(app_server.log.parent / "checkpoints" / "tiny-smld")
+    with pytest.raises(Exception, match=message):
+        _generate(client, app_server, model=smld, n=1, step_size_value=step_size)
+    with pytest.raises(Exception, match="score models"):
+        _generate(client, app_server, n=1, step_size_value=0.1)  # the DDPM
+    assert len(_generate(client, app_server, model=smld, steps=2, n=1)[0]) == 1
 
 
 def test_random_seed_is_a_whole_number(client):
@@ -222,3 +247,120 @@ def test_neighbours_bad_input_is_a_clear_error_and_the_app_keeps_serving(client,
         _neighbours(client, index, query, k)
     gallery, _, _ = _neighbours(client, _index(app_server), room, k=2)
     assert len(gallery) == 3
+
+
+# --- Evaluate tab ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference(app_server):
+    """Statistics of the indexed rooms at the tiny model's 16 px, with the app's Inception file."""
+    from bedgen.metrics import compute_reference_stats
+
+    root = app_server.log.parent
+    stats = compute_reference_stats(str(root / "rooms"), 16, inception_weights=root / "inception-random.pth",
+                                    feature_layer="64", batch_size=12)
+    return stats.save(root / "references" / "rooms-16.npz")
+
+
+def _evaluate(client, app_server, reference, model="tiny", n=6, metrics=("fid",), steps=2, seed=0):
+    model = str(app_server.log.parent / "checkpoints" / model) if "/" not in model else model
+    root = app_server.log.parent / "references"
+    name = str(reference.relative_to(root)) if isinstance(reference, Path) and reference.is_relative_to(root) \
+        else str(reference)
+    import json
+
+    summary, result = client.predict(model, name, n, steps, "auto", list(metrics), seed, api_name="/evaluate")
+    return summary, json.loads(result)
+
+
+def test_evaluate_runs_fid_and_stores_it_in_the_checkpoint(client, app_server, reference):
+    import json
+
+    _, references = client.predict(api_name="/refresh_references")
+    assert [value for _label, value in references["choices"]][0] == "rooms-16.npz"
+    summary, result = _evaluate(client, app_server, reference, metrics=("fid", "kid", "is"))
+    assert "**FID" in summary and "6 samples" in summary and "stored in the checkpoint's bedgen.json" in summary
+    assert result["num_samples"] == 6 and result["fid"] > 0 and "kid" in result and "is" in result
+    stored = json.loads((app_server.log.parent / "checkpoints" / "tiny" / "bedgen.json").read_text())["metrics"]
+    assert any(m.get("fid") == result["fid"] for m in stored)
+    again = _evaluate(client, app_server, reference, metrics=("fid", "kid", "is"))[1]
+    assert again["fid"] == pytest.approx(result["fid"], rel=1e-6)  # same seeds, same number
+
+
+@pytest.mark.parametrize("case, message", [
+    ("n=1", "number of samples must be between 2 and"),
+    ("unknown metric", "not in the list of choices"),  # gradio checks CheckboxGroup values
+    ("no metric", "no metric asked for"),
+    ("missing", "does not exist"),
+    ("outside", "outside the references folder"),
+    ("no reference", "choose a reference"),
+    ("other resolution", "holds statistics of 24 px images but the model makes 16 px"),
+])
+def test_evaluate_bad_input_is_a_clear_error_and_the_app_keeps_serving(client, app_server, reference, case,
+                                                                       message, tmp_path):
+    kwargs = {}
+    if case == "n=1":
+        kwargs["n"] = 1
+    elif case == "unknown metric":
+        kwargs["metrics"] = ("fid", "lpips")
+    elif case == "no metric":
+        kwargs["metrics"] = ()
+    elif case == "missing":
+        kwargs["reference"] = reference.with_name("gone.npz")
+    elif case == "outside":
+        kwargs["reference"] = "../inception-random.pth"
+    elif case == "no reference":
+        kwargs["reference"] = ""
+    elif case == "other resolution":
+        from bedgen.metrics import compute_reference_stats
+
+        root = app_server.log.parent
+        kwargs["reference"] = compute_reference_stats(
+            str(root / "rooms"), 24, inception_weights=root / "inception-random.pth", feature_layer="64",
+            batch_size=12).save(reference.with_name("rooms-24.npz"))
+    call = {"reference": reference, **kwargs}
+    with pytest.raises(Exception, match=message):
+        _evaluate(client, app_server, **call)
+    assert _evaluate(client, app_server, reference, n=2)[1]["num_samples"] == 2
+
+
+def test_sweep_tables_and_plots_found_under_the_sweeps_folder(client, app_server):
+    import yaml
+
+    from bedgen.sweep import load_sweep, run_sweep, write_report
+
+    root = app_server.log.parent
+    spec_file = root / "lr.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "lr", "data": str(root / "rooms"), "steps": 2, "repeats": 1,
+        "base": {"preset": "tiny", "resolution": 16, "unet.block_out_channels": [8, 16],
+                 "unet.down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+                 "unet.up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "unet.norm_num_groups": 4,
+                 "diffusion.num_train_timesteps": 100, "train.batch_size": 4, "train.warmup_steps": 0,
+                 "train.preview_every": 0, "train.log_every": 1, "train.mixed_precision": "no"},
+        "grid": {"train.lr": [1e-3, 3e-3]},
+    }))
+    out = root / "sweeps" / "lr"
+    run_sweep(load_sweep(spec_file), out, parallel=2)
+    write_report(out)  # as `bedgen sweep` does after its runs
+    choices = client.predict(api_name="/refresh_sweeps")["choices"]
+    assert "lr" in [value for _label, value in choices]
+    table, plots = client.predict("lr", api_name="/sweep_report")
+    assert "train.lr" in table and table.count("\n|") >= 3  # header, rule, two configurations
+    assert len(plots) >= 2 and all(Image.open(p["image"]).size[0] >= 400 for p in plots)
+    with pytest.raises(Exception, match="not in the list of choices"):  # gradio keeps to the listed sweeps
+        client.predict("..", api_name="/sweep_report")
+
+
+def test_sweep_view_is_confined_to_its_folder(tmp_path):
+    from bedgen.errors import BedgenError
+    from bedgen.ui.evaluate import show_sweep
+
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "sweep.json").write_text("{}")
+    (tmp_path / "sweeps").mkdir()
+    with pytest.raises(BedgenError, match="not a sweep folder under"):
+        show_sweep(tmp_path / "sweeps", "../outside")
+    with pytest.raises(BedgenError, match="choose a sweep"):
+        show_sweep(tmp_path / "sweeps", "")

@@ -9,11 +9,13 @@ from __future__ import annotations
 from ..config import BedgenConfig
 from ..errors import BedgenError
 from .ddpm import DiffusionFamily
+from .smld import ScoreFamily
 
-FAMILIES = {"ddpm": DiffusionFamily, "iddpm": DiffusionFamily}
+Family = DiffusionFamily | ScoreFamily
+FAMILIES: dict[str, type[Family]] = {"ddpm": DiffusionFamily, "iddpm": DiffusionFamily, "smld": ScoreFamily}
 
 
-def get_family(config: BedgenConfig) -> DiffusionFamily:
+def get_family(config: BedgenConfig) -> Family:
     if config.family not in FAMILIES:
         raise BedgenError(
             f"family '{config.family}' cannot be trained yet; trainable: {', '.join(FAMILIES)}"
@@ -21,4 +23,4 @@ def get_family(config: BedgenConfig) -> DiffusionFamily:
     return FAMILIES[config.family](config)
 
 
-__all__ = ["DiffusionFamily", "FAMILIES", "get_family"]
+__all__ = ["DiffusionFamily", "FAMILIES", "Family", "ScoreFamily", "get_family"]

@@ -8,6 +8,7 @@ import gradio as gr
 
 from .cache import PipelineCache
 from .components import gallery_image
+from .evaluate import build_evaluate_tab
 from .generate import build_generate_tab
 from .interpolate import build_interpolate_tab
 from .neighbours import build_neighbours_tab
@@ -17,7 +18,7 @@ from .settings import AppSettings
 INTRO = """# bedgen — diffusion models of bedrooms
 Generate LSUN-Bedroom-style rooms from a seed, interpolate between two bedrooms through
 the diffusion's noised states, and check a sample against its nearest training images
-(LPIPS). Every image is reproducible from its seed; the first run of a Hub model downloads it once.
+(LPIPS), and measure models by FID. Every image is reproducible from its seed; the first run of a Hub model downloads it once.
 """
 
 
@@ -33,6 +34,8 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
                 build_interpolate_tab(settings, cache, generate["gallery"], generate["selected"])
             with gr.Tab("Nearest neighbours", id="neighbours"):
                 neighbours = build_neighbours_tab(settings, generate["gallery"], generate["selected"])
+            with gr.Tab("Evaluate", id="evaluate"):
+                build_evaluate_tab(settings, cache)
             if settings.training_enabled:
                 with gr.Tab("Train", id="train"):
                     build_train_tab(settings, generate["model"])

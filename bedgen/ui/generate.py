@@ -53,9 +53,11 @@ def run_generate(
     num_images: Any,
     show_trajectory: bool,
     progress: Callable[[int, int], None] | None = None,
+    step_size: Any = None,
 ) -> GenerateOutput:
     """Typed core of the Generate event; raises BedgenError on bad input."""
     n = _whole("number of images", num_images, 1, settings.max_images)
+    step_size = _optional_positive("step size", step_size)
     steps = _whole("steps", steps, 1, settings.max_steps)
     seed = _whole("seed", seed, 0, MAX_SEED - n)
     if not isinstance(model, str) or not model.strip():
@@ -63,7 +65,7 @@ def run_generate(
     sampler = None if sampler in (None, "", AUTO) else sampler
     pipe = cache.get(model)
     every = math.ceil(steps / TRAJECTORY_FRAMES) if show_trajectory else 0
-    result = pipe.sample(n, seed, steps, sampler, progress=progress, trajectory_every=every)
+    result = pipe.sample(n, seed, steps, sampler, progress=progress, trajectory_every=every, step_size=step_size)
     gallery = [(im, f"seed {s}") for im, s in zip(result.images, result.seeds)]
     trajectory = []
     if result.trajectory:
@@ -74,6 +76,21 @@ def run_generate(
         f"{result.placement} · {result.seconds:.1f} s"
     )
     return GenerateOutput(gallery, trajectory, status)
+
+
+def _optional_positive(name: str, value: Any) -> float | None:
+    """Empty or 0 means "the model's default"; anything else must be a positive number."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise BedgenError(f"{name} must be a positive number or empty, got {value!r}") from None
+    if number == 0:
+        return None
+    if not (math.isfinite(number) and number > 0):
+        raise BedgenError(f"{name} must be a positive number or empty, got {value!r}")
+    return number
 
 
 def _whole(name: str, value: Any, low: int, high: int) -> int:
@@ -105,13 +122,19 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache) -> dict[str,
             steps = RawSlider(1, min(settings.max_steps, 1000), value=20, step=1, label="Steps")
             sampler = gr.Dropdown(
                 [AUTO, *ALL_SAMPLERS], value=AUTO, label="Sampler",
-                info="auto = the model's default (DPM-Solver++ for DDPMs)",
+                info="auto = the model's default (DPM-Solver++ for DDPMs, Langevin for score models)",
             )
             num_images = RawSlider(
                 1, settings.max_images, value=min(settings.default_images, settings.max_images),
                 step=1, label="Images",
             )
             show_trajectory = gr.Checkbox(False, label="Show the denoising trajectory (first image)")
+            with gr.Accordion("Score models (smld)", open=False):
+                step_size = RawNumber(
+                    0, label="Step size", elem_id="generate-step-size", minimum=0,
+                    info="Langevin ε (α_i = ε σ_i²/σ_L²) or the predictor-corrector's snr; "
+                         "0 = the model's default. Steps = noise levels.",
+                )
             button = gr.Button("Generate", variant="primary", elem_id="generate-button")
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="Samples", columns=4, format="png", elem_id="generate-gallery")
@@ -120,13 +143,14 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache) -> dict[str,
             status = gr.Markdown(elem_id="generate-status")
             trajectory = gr.Gallery(label="Predicted clean image x̂₀ while denoising", columns=8, format="png")
 
-    def on_generate(model_ref, seed_value, steps_value, sampler_name, n, show, progress=gr.Progress()):
+    def on_generate(model_ref, seed_value, steps_value, sampler_name, n, show, step_size_value,
+                    progress=gr.Progress()):
         def report(done: int, total: int) -> None:
             progress((done, total), desc="denoising", unit="steps")
 
         try:
             out = run_generate(
-                cache, settings, model_ref, seed_value, steps_value, sampler_name, n, show, report
+                cache, settings, model_ref, seed_value, steps_value, sampler_name, n, show, report, step_size_value
             )
         except BedgenError as e:
             raise gr.Error(str(e)) from e
@@ -137,7 +161,7 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache) -> dict[str,
 
     button.click(
         on_generate,
-        [model, seed, steps, sampler, num_images, show_trajectory],
+        [model, seed, steps, sampler, num_images, show_trajectory, step_size],
         [gallery, trajectory, status],
         api_name="generate",
         concurrency_limit=settings.concurrency,

@@ -28,6 +28,11 @@ def _env_flag(name: str, default: bool) -> bool:
     return raw in {"1", "true", "yes", "on"}
 
 
+def _env_path(name: str) -> Path | None:
+    raw = os.environ.get(name, "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
 @dataclass(frozen=True)
 class AppSettings:
     checkpoints: Path
@@ -41,6 +46,10 @@ class AppSettings:
     data_roots: tuple[Path, ...] = (Path("data"),)  # where the Train tab may read images
     training_enabled: bool = True
     indexes: Path = Path("indexes")  # where the Neighbours tab looks for LPIPS indexes
+    references: Path = Path("references")  # .npz reference statistics for the Evaluate tab
+    sweeps: Path = Path("checkpoints/sweeps")  # where the Evaluate tab looks for sweep folders
+    inception_weights: Path | None = None  # None: torch-fidelity's standard file (downloaded once)
+    max_eval_samples: int = 2000  # per evaluation request, enforced server-side
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -58,6 +67,10 @@ class AppSettings:
                 Path(p).expanduser() for p in os.environ.get("BEDGEN_DATA_ROOTS", "data").split(os.pathsep) if p
             ),
             indexes=Path(os.environ.get("BEDGEN_INDEXES", "indexes")).expanduser(),
+            references=Path(os.environ.get("BEDGEN_REFERENCES", "references")).expanduser(),
+            sweeps=Path(os.environ.get("BEDGEN_SWEEPS", str(checkpoints_dir() / "sweeps"))).expanduser(),
+            inception_weights=_env_path("BEDGEN_INCEPTION_WEIGHTS"),
+            max_eval_samples=_env_int("BEDGEN_MAX_EVAL_SAMPLES", 2000),
             # Off on a public Space (SPACE_ID is set there) unless explicitly enabled.
             training_enabled=_env_flag("BEDGEN_ENABLE_TRAINING", default=not os.environ.get("SPACE_ID")),
         )
