@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from diffusers import DDPMPipeline, ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
+from diffusers import DDPMPipeline, LDMPipeline, ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from . import __version__
@@ -63,29 +63,63 @@ def save_checkpoint(
     config: BedgenConfig,
     metadata: dict[str, Any] | None = None,
     extra: Callable[[Path], None] | None = None,
+    autoencoder: torch.nn.Module | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically; ``extra(tmp_dir)`` may add files."""
-    path = Path(path)
+    """Write a checkpoint directory atomically; ``extra(tmp_dir)`` may add files.
+
+    With an ``autoencoder`` (latent diffusion) it is an ``LDMPipeline`` directory whose
+    vqvae/ holds the autoencoder, its ``scaling_factor`` the latent scale.
+    """
 
     def write(tmp: Path) -> None:
-        pipeline_class(training_scheduler)(unet=unet, scheduler=training_scheduler).save_pretrained(
-            tmp, safe_serialization=True
-        )
-        description = {
-            "format": "bedgen-checkpoint",
-            "format_version": FORMAT_VERSION,
-            "family": config.family,
-            "preset": config.preset,
-            "config": config.to_dict(),
-            "provenance": provenance(),
-            **(metadata or {}),
-        }
-        write_json(tmp / BEDGEN_JSON, description)
+        if autoencoder is not None:
+            pipe = LDMPipeline(vqvae=autoencoder, unet=unet, scheduler=training_scheduler)
+        else:
+            pipe = pipeline_class(training_scheduler)(unet=unet, scheduler=training_scheduler)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        _describe_into(tmp, config, metadata)
         if extra is not None:
             extra(tmp)
 
-    replace_dir_atomically(path, write)
-    return path
+    replace_dir_atomically(Path(path), write)
+    return Path(path)
+
+
+def save_autoencoder_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    config: BedgenConfig,
+    metadata: dict[str, Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """A ``vae`` family checkpoint: vae/ (diffusers AutoencoderKL or VQModel) + bedgen.json.
+
+    diffusers has no pipeline for a bare autoencoder, so there is no model_index.json;
+    ``AutoencoderKL.from_pretrained(path, subfolder="vae")`` loads the network, and the
+    folder is a valid ``--set latent.autoencoder=`` for latent diffusion.
+    """
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp / "vae", safe_serialization=True)
+        _describe_into(tmp, config, metadata)
+        if extra is not None:
+            extra(tmp)
+
+    replace_dir_atomically(Path(path), write)
+    return Path(path)
+
+
+def _describe_into(folder: Path, config: BedgenConfig, metadata: dict[str, Any] | None) -> None:
+    description = {
+        "format": "bedgen-checkpoint",
+        "format_version": FORMAT_VERSION,
+        "family": config.family,
+        "preset": config.preset,
+        "config": config.to_dict(),
+        "provenance": provenance(),
+        **(metadata or {}),
+    }
+    write_json(folder / BEDGEN_JSON, description)
 
 
 def pipeline_class(training_scheduler: SchedulerMixin) -> type:
@@ -271,6 +305,28 @@ def _describe(
     return CheckpointInfo(str(ref), path, layout, family)
 
 
+def is_autoencoder_checkpoint(path: Path) -> bool:
+    """A ``vae`` family checkpoint (or a bare autoencoder folder): no UNet to sample with."""
+    from .autoencoders import find_autoencoder_folder
+
+    has_unet = (path / "unet" / "config.json").is_file() or (path / "scheduler_config.json").is_file()
+    return not has_unet and find_autoencoder_folder(path) is not None
+
+
+def load_autoencoder_checkpoint(ref: str, path: Path) -> tuple[torch.nn.Module, CheckpointInfo]:
+    from .autoencoders import find_autoencoder_folder, load_autoencoder_folder
+
+    folder = find_autoencoder_folder(path)
+    if folder is None:
+        raise ModelNotFoundError(f"'{ref}' holds no autoencoder")
+    model = load_autoencoder_folder(folder, ref)
+    description_file = path / BEDGEN_JSON
+    metadata = json.loads(description_file.read_text()) if description_file.is_file() else {}
+    config = BedgenConfig.from_dict(metadata["config"]) if "config" in metadata else None
+    layout = "bedgen" if metadata else "diffusers"
+    return model, CheckpointInfo(str(ref), path, layout, "vae", config, metadata)
+
+
 def read_description(path: str | Path) -> dict[str, Any]:
     """The ``bedgen.json`` of a local checkpoint or run's latest (empty dict if none)."""
     try:
@@ -288,4 +344,4 @@ def looks_like_checkpoint(path: Path) -> bool:
             return False
     return (path / "unet" / "config.json").is_file() or (
         (path / "config.json").is_file() and (path / "scheduler_config.json").is_file()
-    )
+    ) or is_autoencoder_checkpoint(path)

@@ -80,6 +80,33 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    from .device import DEVICES
+
+    p = sub.add_parser("reconstruct", help="encode and decode images with a vae / autoencoder model")
+    p.add_argument("--model", required=True, help="a vae or autoencoder checkpoint (local folder or Hub id)")
+    p.add_argument("images", nargs="+", type=Path, help="image files (preprocessed like the training data)")
+    p.add_argument("--out", required=True, type=Path, help="output folder: NAME.png per input + grid.png")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(func=cmd_reconstruct)
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .images import grid
+    from .pipeline import AutoencoderPipeline, load
+
+    _check_writable(args.out)
+    pipe = load(args.model)
+    if not isinstance(pipe, AutoencoderPipeline):
+        raise BedgenError(f"'{args.model}' is a {pipe.info.family} model; reconstruct takes a vae or autoencoder")
+    outputs = pipe.reconstruct([str(path) for path in args.images], device=args.device)
+    for path, image in zip(args.images, outputs):
+        image.save(args.out / f"{path.stem}.png")
+    grid(outputs).save(args.out / "grid.png")
+    print(f"wrote {len(outputs)} reconstructions and grid.png to {args.out}")
+    return 0
+
+
 def _fraction(text: str) -> float:
     try:
         return float(text)
@@ -230,7 +257,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     from .config import PRESETS, TrainConfig
     from .data import DataConfig
 
-    p = sub.add_parser("train", help="train a model (DDPM, improved DDPM) from a preset")
+    p = sub.add_parser("train", help="train a model (ddpm, iddpm, ldm, smld, vae) from a preset")
     p.add_argument("--data", help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or a folder made by 'bedgen prepare'")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--config", type=Path, default=None,
@@ -661,7 +688,7 @@ def _sweep_report(out: Path, interrupted: bool) -> int:
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_sample, _add_interpolate, _add_models, _add_train, _add_prepare, _add_index, _add_neighbours, _add_ref_stats, _add_eval,
+    _add_sample, _add_reconstruct, _add_interpolate, _add_models, _add_train, _add_prepare, _add_index, _add_neighbours, _add_ref_stats, _add_eval,
     _add_sweep,
 )
 

@@ -27,6 +27,7 @@ OptimizerName = Literal["adamw", "adam", "sgd", "adadelta"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 LRSchedule = Literal["constant", "cosine"]
 NanPolicy = Literal["stop", "rollback"]
+AutoencoderKind = Literal["kl", "vq"]
 
 
 @dataclass
@@ -184,6 +185,60 @@ class ScoreConfig:
 
 
 @dataclass
+class AutoencoderConfig:
+    """The convolutional autoencoder of the ``vae`` family (diffusers ``AutoencoderKL`` / ``VQModel``).
+
+    ``kind=kl`` with ``kl_weight=1`` is the VAE of Kingma & Welling 2013 (β-VAE for
+    other weights, Higgins et al. 2017); with a small KL weight and the LPIPS term it
+    is the first stage of latent diffusion (Rombach et al. 2022, Sec. 3.1 and App. G).
+    ``kind=vq`` is a VQ-VAE (van den Oord et al. 2017) first stage.
+    """
+
+    kind: AutoencoderKind = "kl"
+    # every level but the last halves the resolution: f = 2^(levels - 1)
+    block_out_channels: tuple[int, ...] = (32, 64, 64, 64)
+    layers_per_block: int = 1
+    latent_channels: int = 8
+    norm_num_groups: int = 8
+    num_vq_embeddings: int = 256  # codebook size (vq)
+    kl_weight: float = 1.0  # β: 1 = the ELBO
+    decoder_std: float = 0.1  # σ of the Gaussian decoder p(x|z) = N(x̂, σ² I), images in [-1, 1]
+    perceptual_weight: float = 0.0  # LPIPS term (Zhang et al. 2018); needs a backbone (lpips_weights)
+    lpips_weights: str | None = None  # torchvision AlexNet state dict; None = torchvision's download
+    vq_commitment: float = 0.25  # β of the VQ-VAE commitment loss
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def validate(self) -> None:
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise BedgenError(
+                f"autoencoder: channels {bad} are not divisible by norm_num_groups={self.norm_num_groups}"
+            )
+        if self.latent_channels < 1 or self.num_vq_embeddings < 2:
+            raise BedgenError("autoencoder.latent_channels must be >= 1 and num_vq_embeddings >= 2")
+        if self.kl_weight < 0 or self.perceptual_weight < 0 or not self.decoder_std > 0:
+            raise BedgenError("autoencoder: kl_weight and perceptual_weight must be >= 0, decoder_std > 0")
+
+
+@dataclass
+class LatentConfig:
+    """Where the diffusion of the ``ldm`` family runs: the latents of a frozen autoencoder."""
+
+    # REF (local folder or Hub id) of an AutoencoderKL / VQModel: a bedgen vae/autoencoder
+    # checkpoint, a diffusers pipeline with vae/ or vqvae/, or a bare model folder.
+    autoencoder: str | None = None
+    kind: AutoencoderKind = "kl"  # what the preset expects; a mismatch is an error
+    # z is multiplied by this before diffusion; None = 1 / std of the data's latents
+    # (Rombach et al. 2022, Sec. 4.3.2 and App. G), estimated when training starts.
+    scaling_factor: float | None = None
+    downsample_factor: int = 4  # f; checked against the autoencoder
+    sample_posterior: bool = True  # train on z ~ q(z|x) (KL) rather than its mean
+
+
+@dataclass
 class SamplingConfig:
     """Defaults for ``Pipeline.generate`` and the app's Generate tab."""
 
@@ -202,6 +257,8 @@ class BedgenConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -212,9 +269,19 @@ class BedgenConfig:
         learned = self.diffusion.variance_type == "learned_range"
         return self.in_channels * (2 if learned else 1)
 
+    @property
+    def model_resolution(self) -> int:
+        """The side of what the UNet sees: the image, or its latent for ``ldm``."""
+        if self.family == "ldm":
+            return self.resolution // self.latent.downsample_factor
+        return self.resolution
+
     def validate(self) -> None:
-        self.unet.validate()
         self.train.validate()
+        if self.family == "vae":
+            self._validate_autoencoder()
+            return
+        self.unet.validate()
         self.score.validate()
         hybrid = self.diffusion.loss_type == "hybrid"
         learned = self.diffusion.variance_type == "learned_range"
@@ -223,15 +290,27 @@ class BedgenConfig:
                 "a learned variance is trained by the hybrid loss: use diffusion.variance_type=learned_range "
                 "together with diffusion.loss_type=hybrid (or neither)"
             )
-        f = self.unet.downsample_factor
+        f = self.unet.downsample_factor * (self.latent.downsample_factor if self.family == "ldm" else 1)
         if self.resolution < f or self.resolution % f:
             raise BedgenError(
-                f"resolution {self.resolution} is not a multiple of the UNet's downsampling "
-                f"factor {f} ({len(self.unet.block_out_channels)} levels); use e.g. "
-                f"{max(f, round(self.resolution / f) * f)}"
+                f"resolution {self.resolution} is not a multiple of the model's downsampling "
+                f"factor {f} ({len(self.unet.block_out_channels)} UNet levels"
+                f"{', latent f = %d' % self.latent.downsample_factor if self.family == 'ldm' else ''}); "
+                f"use e.g. {max(f, round(self.resolution / f) * f)}"
             )
+        if self.family == "ldm" and self.diffusion.clip_sample:
+            raise BedgenError("latents are not bounded to [-1, 1]: set diffusion.clip_sample=false for ldm")
         if self.diffusion.num_train_timesteps < 1:
             raise BedgenError("diffusion.num_train_timesteps must be at least 1")
+
+    def _validate_autoencoder(self) -> None:
+        self.autoencoder.validate()
+        f = self.autoencoder.downsample_factor
+        if self.resolution < f or self.resolution % f:
+            raise BedgenError(
+                f"resolution {self.resolution} is not a multiple of the autoencoder's downsampling factor {f}; "
+                f"use e.g. {max(f, round(self.resolution / f) * f)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -309,6 +388,41 @@ def _score_preset(
         preset=name, family="smld", resolution=resolution, unet=unet, score=score, train=train,
         sampling=SamplingConfig(scheduler="langevin", steps=steps),
     )
+
+
+def _vae_preset(name: str, resolution: int, autoencoder: AutoencoderConfig, train: TrainConfig) -> BedgenConfig:
+    return BedgenConfig(
+        preset=name, family="vae", resolution=resolution, autoencoder=autoencoder, train=train,
+        sampling=SamplingConfig(scheduler="prior", steps=1),
+    )
+
+
+def _ldm_preset(
+    name: str, resolution: int, kind: AutoencoderKind, unet: UNetConfig, train: TrainConfig
+) -> BedgenConfig:
+    # Rombach et al. 2022, App. E.2: T = 1000, "scaled linear" β from 0.0015 to 0.0195.
+    return BedgenConfig(
+        preset=name, family="ldm", resolution=resolution, in_channels=4 if kind == "kl" else 3, unet=unet,
+        latent=LatentConfig(kind=kind, downsample_factor=4),
+        diffusion=DiffusionConfig(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195,
+                                  clip_sample=False),
+        train=train,
+    )
+
+
+def _first_stage(kind: AutoencoderKind, channels: tuple[int, ...]) -> AutoencoderConfig:
+    """An LDM first stage: f = 4, small KL weight or a codebook, LPIPS (Rombach et al. 2022, App. G)."""
+    if kind == "kl":
+        return AutoencoderConfig("kl", channels, 2, latent_channels=4, norm_num_groups=32,
+                                 kl_weight=1e-6, perceptual_weight=1.0)
+    return AutoencoderConfig("vq", channels, 2, latent_channels=3, norm_num_groups=32,
+                             num_vq_embeddings=1024, perceptual_weight=1.0)
+
+
+_AE_TRAIN = TrainConfig(max_steps=50_000, batch_size=16, lr=4.5e-6 * 16, optimizer="adam", warmup_steps=500,
+                        ema_decay=0.999)
+_LDM_TRAIN = TrainConfig(max_steps=100_000, batch_size=48, lr=1e-4, warmup_steps=1000, ema_decay=0.9999,
+                         checkpoint_every=2000, preview_every=2000)
 
 
 # The seed DDPM sweep: Adam(W) at 1e-4, batch 16 (lr 1e-3 diverged for mid/big).
@@ -393,6 +507,33 @@ PRESETS: dict[str, BedgenConfig] = {
         TrainConfig(max_steps=150_000, batch_size=32, lr=1e-4, optimizer="adam", warmup_steps=1000, ema_decay=0.999,
                     checkpoint_every=2000, preview_every=2000),
         ScoreConfig(num_levels=1000, step_size=2e-6), steps=1000,
+    ),
+    # VAE baseline (Kingma & Welling 2013): a 4 x 4 spatial latent, sampled from N(0, I).
+    "vae-tiny": _vae_preset("vae-tiny", 32, AutoencoderConfig("kl", (32, 64, 64, 64), 1, latent_channels=8), TrainConfig()),
+    "vae": _vae_preset(
+        "vae", 64, AutoencoderConfig("kl", (64, 128, 128, 256, 256), 1, latent_channels=16, norm_num_groups=32),
+        TrainConfig(max_steps=30_000, batch_size=64, lr=5e-4, warmup_steps=500, ema_decay=0.999),
+    ),
+    "vae-128": _vae_preset(
+        "vae-128", 128, AutoencoderConfig("kl", (64, 128, 128, 256, 256, 256), 1, latent_channels=32, norm_num_groups=32),
+        TrainConfig(max_steps=50_000, batch_size=32, lr=5e-4, warmup_steps=500, ema_decay=0.999),
+    ),
+    # First stages for latent diffusion (f = 4), trained with reconstruction + LPIPS + KL or VQ.
+    "autoencoder-kl": _vae_preset("autoencoder-kl", 64, _first_stage("kl", (64, 128, 128)), _AE_TRAIN),
+    "autoencoder-vq": _vae_preset("autoencoder-vq", 64, _first_stage("vq", (64, 128, 128)), _AE_TRAIN),
+    # Latent diffusion (Rombach et al. 2022, LDM-4 on LSUN bedrooms scaled down): give the
+    # autoencoder with --set latent.autoencoder=REF. Attention at 16 and 8 (32/16/8 at 128 px).
+    "ldm-tiny": _ldm_preset("ldm-tiny", 32, "kl", UNetConfig((32, 64), 1, (_D, _AD), (_AU, _U), None, 8),
+                            TrainConfig()),
+    "ldm-kl": _ldm_preset(
+        "ldm-kl", 64, "kl", UNetConfig((128, 256, 384), 2, (_AD, _AD, _D), (_U, _AU, _AU), 32, 32), _LDM_TRAIN,
+    ),
+    "ldm-vq": _ldm_preset(
+        "ldm-vq", 64, "vq", UNetConfig((128, 256, 384), 2, (_AD, _AD, _D), (_U, _AU, _AU), 32, 32), _LDM_TRAIN,
+    ),
+    "ldm-kl-128": _ldm_preset(
+        "ldm-kl-128", 128, "kl",
+        UNetConfig((128, 256, 384, 512), 2, (_AD, _AD, _AD, _D), (_U, _AU, _AU, _AU), 32, 32), _LDM_TRAIN,
     ),
 }
 

@@ -46,8 +46,9 @@ def hub_endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
-def resolve_ref(ref: str) -> Path:
-    """Return a local directory for ``ref``, downloading it from the Hub if needed."""
+def resolve_ref(ref: str, patterns: list[str] | None = None) -> Path:
+    """Return a local directory for ``ref``, downloading it from the Hub if needed
+    (only the files matching ``patterns``, default: every JSON and safetensors file)."""
     if not isinstance(ref, str) or not ref.strip():
         raise ModelNotFoundError("no model given; pass a local checkpoint directory or a Hub id org/name")
     local = Path(ref).expanduser()
@@ -60,10 +61,10 @@ def resolve_ref(ref: str) -> Path:
         raise ModelNotFoundError(
             f"model '{ref}' is neither a local directory nor a Hub id of the form org/name[@revision]"
         )
-    return download(hub, needs_pickle=False)
+    return download(hub, needs_pickle=False, patterns=patterns)
 
 
-def download(hub: HubRef, needs_pickle: bool) -> Path:
+def download(hub: HubRef, needs_pickle: bool, patterns: list[str] | None = None) -> Path:
     """snapshot_download with bedgen's error messages; returns the snapshot folder."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -77,7 +78,7 @@ def download(hub: HubRef, needs_pickle: bool) -> Path:
         path = snapshot_download(
             hub.repo_id,
             revision=hub.revision,
-            allow_patterns=PICKLE_PATTERNS if needs_pickle else SAFE_PATTERNS,
+            allow_patterns=patterns or (PICKLE_PATTERNS if needs_pickle else SAFE_PATTERNS),
             endpoint=hub_endpoint(),
             local_files_only=hub_offline(),
         )

@@ -40,7 +40,7 @@ from .device import resolve
 from .diffusion_math import Schedule
 from .errors import BedgenError
 from .images import grid, load_image, to_pil
-from .pipeline import MAX_SEED, Pipeline, _check_int
+from .pipeline import MAX_SEED, AutoencoderPipeline, Pipeline, _check_int
 
 METHODS = ("noise", "ddim-inversion")
 DEFAULT_T = 0.5
@@ -158,18 +158,25 @@ def interpolate(
     lambdas = _weights(weights, frames)
     if method not in METHODS:
         raise BedgenError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    steps = _check_int("steps", steps, 1, pipe.max_steps)
+    vae = isinstance(pipe, AutoencoderPipeline)
+    steps = _check_int("steps", steps, 1, pipe.max_steps) if not vae else 0
     seed = _check_int("seed", seed, 0, MAX_SEED)
     placement = pipe._place(resolve(device, dtype))
     batch_size = _check_int("batch size", batch_size or (32 if placement.device.type == "cuda" else 8), 1, 4096)
     inputs = tuple(_model_input(pipe, im, name) for im, name in ((image_a, "image A"), (image_b, "image B")))
     x0 = torch.cat(inputs)
-    runner = _Runner(pipe, placement, batch_size, progress)
     start = time.perf_counter()
-    if pipe.info.family == "consistency":
-        result_frames, timestep, used_steps = _consistency_frames(pipe, runner, x0, t, lambdas, method, seed)
+    runner = None
+    if vae:
+        result_frames, timestep, used_steps = _vae_frames(pipe, x0, lambdas, method, placement), 0, 0
     else:
-        result_frames, timestep, used_steps = _vp_frames(pipe, runner, x0, t, lambdas, method, steps, seed)
+        runner = _Runner(pipe, placement, batch_size, progress)
+        z0 = pipe.encode(x0)  # latent diffusion interpolates latents; pixel models pass through
+        if pipe.info.family == "consistency":
+            frames, timestep, used_steps = _consistency_frames(pipe, runner, z0, t, lambdas, method, seed)
+        else:
+            frames, timestep, used_steps = _vp_frames(pipe, runner, z0, t, lambdas, method, steps, seed)
+        result_frames = pipe.decode(frames)
     return InterpolationResult(
         frames=to_pil(result_frames),
         weights=lambdas,
@@ -181,8 +188,18 @@ def interpolate(
         seed=seed,
         placement=placement.describe(),
         seconds=time.perf_counter() - start,
-        evaluations=runner.evaluations,
+        evaluations=runner.evaluations if runner is not None else 1,
     )
+
+
+def _vae_frames(pipe: AutoencoderPipeline, x0: torch.Tensor, lambdas: list[float], method: str, placement) -> torch.Tensor:
+    """Decode slerp(E(a), E(b); λ): a VAE's latent is already where the images mix."""
+    if method != "noise":
+        raise BedgenError("a vae has no diffusion to invert; use method 'noise' (latent interpolation)")
+    with placement.autocast():
+        z = pipe.encode(x0.to(placement.device))
+        mixed = torch.cat([slerp(z[:1], z[1:], lam) for lam in lambdas])
+        return pipe.decode(mixed.to(placement.device))
 
 
 def _vp_frames(pipe, runner, x0, t, lambdas, method, steps, seed):

@@ -12,7 +12,7 @@ def build_unet(config: BedgenConfig) -> UNet2DModel:
     config.validate()
     u = config.unet
     return UNet2DModel(
-        sample_size=config.resolution,
+        sample_size=config.model_resolution,
         in_channels=config.in_channels,
         out_channels=config.out_channels,
         block_out_channels=tuple(u.block_out_channels),

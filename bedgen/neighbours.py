@@ -220,6 +220,18 @@ def _lpips_model(net: str):
         return lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False).eval()
 
 
+def lpips_network(net: str = "alex", weights: str | os.PathLike[str] | None = None) -> torch.nn.Module:
+    """``lpips.LPIPS`` (v0.1 linear weights) with its backbone from ``weights`` (or torchvision's
+    download), e.g. as a differentiable perceptual loss; inputs in [-1, 1]."""
+    if net not in NETS:
+        raise BedgenError(f"unknown LPIPS network '{net}'; choose one of {', '.join(NETS)}")
+    path = Path(weights).expanduser().resolve() if weights is not None else None
+    backbone = _read_backbone(net, path)
+    model = _lpips_model(net)
+    _load_backbone(model.net, backbone, net, path)
+    return model.eval()
+
+
 def _linear_weights(model) -> list[torch.Tensor]:
     weights = [lin.model[-1].weight.detach().flatten().clone() for lin in model.lins]
     if any(bool((w < 0).any()) for w in weights):

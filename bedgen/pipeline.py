@@ -12,8 +12,10 @@ import inspect
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -23,7 +25,10 @@ from .checkpoint import CheckpointInfo, load_checkpoint
 from .device import Placement, resolve
 from .errors import BedgenError
 from .images import to_pil
+from . import autoencoders
+from .checkpoint import is_autoencoder_checkpoint, latest_in_run, load_autoencoder_checkpoint, recover_interrupted_save
 from .families import smld
+from .hub import resolve_ref
 from .schedulers import check_steps, default_sampler, make_scheduler, samplers_for
 from . import score_math as sm
 
@@ -47,23 +52,59 @@ class SampleResult:
 class Pipeline:
     """A network, its training schedule and its self-description, ready to sample."""
 
-    def __init__(self, unet: UNet2DModel, training_scheduler: SchedulerMixin, info: CheckpointInfo):
+    def __init__(self, unet: UNet2DModel, training_scheduler: SchedulerMixin, info: CheckpointInfo,
+                 autoencoder: torch.nn.Module | None = None):
         self.unet = unet.eval().requires_grad_(False)
         self.training_scheduler = training_scheduler
         self.info = info
+        # Latent diffusion: the UNet runs on autoencoder latents z·s (s = scaling_factor).
+        self.autoencoder = autoencoder.eval().requires_grad_(False) if autoencoder is not None else None
         self._placement: Placement | None = None
 
     @classmethod
     def from_ref(cls, ref: str) -> "Pipeline":
         unet, scheduler, info = load_checkpoint(ref)
-        return cls(unet, scheduler, info)
+        folder = autoencoders.find_autoencoder_folder(info.path)
+        autoencoder = autoencoders.load_autoencoder_folder(folder, ref) if folder is not None else None
+        if autoencoder is not None and info.family in ("ddpm", "iddpm"):
+            info.family = "ldm"  # a foreign LDMPipeline (unet/ + vqvae/ + scheduler/)
+        return cls(unet, scheduler, info, autoencoder)
 
     # --- what this model offers --------------------------------------------------------
 
     @property
-    def resolution(self) -> int:
+    def latent_resolution(self) -> int:
+        """The side of what the UNet denoises (the image itself for pixel models)."""
         size = self.unet.config.sample_size
         return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def resolution(self) -> int:
+        """The side of the images this model makes and takes."""
+        factor = autoencoders.downsample_factor(self.autoencoder) if self.autoencoder is not None else 1
+        return self.latent_resolution * factor
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.autoencoder.config.scaling_factor) if self.autoencoder is not None else 1.0
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> what the UNet denoises (scaled posterior means for ldm)."""
+        if self.autoencoder is None:
+            return x
+        device = next(self.autoencoder.parameters()).device
+        with torch.inference_mode():
+            z = autoencoders.encode(self.autoencoder, x.to(device).float())
+        return (z.float() * self.latent_scale).to(x.device)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`encode`: images in [-1, 1]."""
+        if self.autoencoder is None:
+            return z
+        device = next(self.autoencoder.parameters()).device
+        with torch.inference_mode():
+            x = autoencoders.decode(self.autoencoder, z.to(device).float() / self.latent_scale)
+        return x.float().clamp(-1, 1).to(z.device)
 
     @property
     def samplers(self) -> list[str]:
@@ -203,6 +244,8 @@ class Pipeline:
         if placement != self._placement:
             # channels_last lets oneDNN/cuDNN pick their fastest convolution kernels.
             self.unet.to(device=placement.device, memory_format=torch.channels_last)
+            if self.autoencoder is not None:
+                self.autoencoder.to(device=placement.device)
             self._placement = placement
         return placement
 
@@ -222,7 +265,7 @@ class Pipeline:
         scheduler.set_timesteps(steps)
         # CPU generators: the same seed gives the same noise on every device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        channels, size = self.unet.config.in_channels, self.resolution
+        channels, size = self.unet.config.in_channels, self.latent_resolution
         noise = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators])
         x = (noise * scheduler.init_noise_sigma).to(placement.device)
         # Deterministic solvers (UniPC, DPM-Solver++) take no generator.
@@ -241,8 +284,8 @@ class Pipeline:
             on_eval()
             if trajectory_every and (i % trajectory_every == 0 or i == len(timesteps) - 1):
                 pred = getattr(step, "pred_original_sample", None)
-                frames.append((pred if pred is not None else x0).cpu())
-        return x.cpu(), frames
+                frames.append(self.decode(pred if pred is not None else x0).cpu())
+        return self.decode(x).cpu(), frames
 
     def _sample_score_batch(
         self,
@@ -257,7 +300,7 @@ class Pipeline:
         s = self._score_config()
         sigmas = smld.sampling_ladder(self.training_scheduler, levels)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        channels, size = self.unet.config.in_channels, self.resolution
+        channels, size = self.unet.config.in_channels, self.latent_resolution
         x = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators])
         x = (x * float(sigmas[0])).to(placement.device)  # the prior N(0, σ_1² I)
         frames: list[torch.Tensor] = []
@@ -291,6 +334,116 @@ class Pipeline:
         if isinstance(scheduler, DDPMScheduler) and learned:
             return out
         return out[:, : x.shape[1]]
+
+
+class AutoencoderPipeline:
+    """A ``vae`` family model: decodes z ~ N(0, I) (KL) and reconstructs images.
+
+    Same sampling interface as :class:`Pipeline` (seeds, batches, progress), with a
+    single "sampler" (``prior``) and one decoder evaluation per batch.
+    """
+
+    samplers = ["prior"]
+    default_sampler = "prior"
+    default_steps = 1
+    max_steps = 1
+    is_score_model = False
+
+    def __init__(self, autoencoder: torch.nn.Module, info: CheckpointInfo):
+        self.autoencoder = autoencoder.eval().requires_grad_(False)
+        self.info = info
+        self._placement: Placement | None = None
+
+    @classmethod
+    def from_ref(cls, ref: str) -> "AutoencoderPipeline":
+        path = latest_in_run(resolve_ref(ref, autoencoders.HUB_PATTERNS))
+        model, info = load_autoencoder_checkpoint(ref, path)
+        return cls(model, info)
+
+    @property
+    def kind(self) -> str:
+        return autoencoders.kind_of(self.autoencoder)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.resolution // autoencoders.downsample_factor(self.autoencoder)
+        return autoencoders.latent_channels(self.autoencoder), side, side
+
+    @property
+    def resolution(self) -> int:
+        size = self.autoencoder.config.sample_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def _place(self, placement: Placement) -> Placement:
+        if placement != self._placement:
+            self.autoencoder.to(device=placement.device)
+            self._placement = placement
+        return placement
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> posterior means (KL) or pre-quantisation latents (VQ)."""
+        device = next(self.autoencoder.parameters()).device
+        with torch.inference_mode():
+            return autoencoders.encode(self.autoencoder, x.to(device).float()).float().cpu()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        device = next(self.autoencoder.parameters()).device
+        with torch.inference_mode():
+            return autoencoders.decode(self.autoencoder, z.to(device).float()).float().clamp(-1, 1).cpu()
+
+    def generate(self, n: int = 1, seed: int = 0, steps: int | None = None, scheduler: str | None = None,
+                 batch_size: int | None = None, device: str = "auto", dtype: str = "auto",
+                 progress: ProgressFn | None = None, step_size: float | None = None) -> list[Image.Image]:
+        return self.sample(n, seed, steps, scheduler, batch_size, device, dtype, progress,
+                           step_size=step_size).images
+
+    def sample(self, n: int = 1, seed: int = 0, steps: int | None = None, scheduler: str | None = None,
+               batch_size: int | None = None, device: str = "auto", dtype: str = "auto",
+               progress: ProgressFn | None = None, trajectory_every: int = 0,
+               step_size: float | None = None) -> SampleResult:
+        """Decode z ~ N(0, I) drawn per image from seed + i (Kingma & Welling 2013, Sec. 2.1)."""
+        n = _check_int("number of images", n, 1, MAX_IMAGES)
+        seed = _check_int("seed", seed, 0, MAX_SEED - n)
+        if scheduler not in (None, "prior"):
+            raise BedgenError(f"a vae samples from its prior only (sampler 'prior'), not {scheduler!r}")
+        if step_size is not None:
+            raise BedgenError("step size applies to score models (smld) only; leave it empty for this model")
+        # steps: one decoder pass, whatever is asked (the Generate tab's slider is shared)
+        if self.kind != "kl":
+            raise BedgenError(
+                "this autoencoder is a VQ model: it has no N(0, I) prior to sample from; use it as the "
+                "first stage of latent diffusion (--preset ldm-vq) or to reconstruct images"
+            )
+        placement = self._place(resolve(device, dtype))
+        batch_size = _check_int("batch size", batch_size or (32 if placement.device.type == "cuda" else 16), 1, 4096)
+        start = time.perf_counter()
+        seeds = list(range(seed, seed + n))
+        batches = [seeds[i : i + batch_size] for i in range(0, n, batch_size)]
+        images: list[Image.Image] = []
+        for done, batch_seeds in enumerate(batches, 1):
+            z = torch.stack([torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(s))
+                             for s in batch_seeds])
+            with placement.autocast():
+                images += to_pil(self.decode(z.to(placement.device)))
+            if progress is not None:
+                progress(done, len(batches))
+        return SampleResult(images=images, seeds=seeds, sampler="prior", steps=1,
+                            placement=placement.describe(), seconds=time.perf_counter() - start,
+                            trajectory=[[image] for image in images] if trajectory_every else None)
+
+    def reconstruct(self, images: list[Any], device: str = "auto", dtype: str = "auto") -> list[Image.Image]:
+        """x̂ = D(E(x)) for uploaded images (preprocessed like the training data)."""
+        from .data import preprocess
+        from .images import load_image
+
+        placement = self._place(resolve(device, dtype))
+        config = self.info.config
+        square = config.data.square if config is not None else "crop"
+        pixels = [preprocess(load_image(image, f"image {i + 1}"), self.resolution, square)
+                  for i, image in enumerate(images)]
+        x = torch.from_numpy(np.stack(pixels)).float() / 127.5 - 1
+        with placement.autocast():
+            return to_pil(self.decode(self.encode(x.to(placement.device))))
 
 
 def _predicted_x0(scheduler: SchedulerMixin, out: torch.Tensor, t: Any, x: torch.Tensor) -> torch.Tensor:
@@ -327,6 +480,17 @@ def _check_int(name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
-def load(ref: str) -> Pipeline:
+def load(ref: str) -> "Pipeline | AutoencoderPipeline":
     """Load a model REF (local directory or Hub id ``org/name[@revision]``)."""
+    local = Path(str(ref)).expanduser()
+    recover_interrupted_save(local)
+    if local.is_dir() and is_autoencoder_checkpoint(latest_in_run(local)):
+        return AutoencoderPipeline.from_ref(ref)
+    if not local.exists():
+        try:
+            path = latest_in_run(resolve_ref(ref))
+        except BedgenError:
+            path = None  # let the diffusion loader give its own (more specific) error
+        if path is not None and is_autoencoder_checkpoint(path):
+            return AutoencoderPipeline.from_ref(ref)
     return Pipeline.from_ref(ref)

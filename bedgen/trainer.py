@@ -39,12 +39,13 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import RUN_JSON, CheckpointInfo, save_checkpoint, write_json
+from .checkpoint import RUN_JSON, CheckpointInfo, write_json
 from .config import BedgenConfig
 from .data import ImageDataset, open_dataset
 from .device import cpu_has_bf16
 from .errors import BedgenError
 from .families import get_family
+from .families.base import as_saved  # noqa: F401  (re-exported: part of the trainer API)
 from .images import grid
 from .pipeline import Pipeline
 from .state_io import load_state, save_state
@@ -69,15 +70,6 @@ class TrainState:
     lr_scale: float = 1.0
     best_fid: float = math.inf
     best_fid_step: int = -1
-
-
-def as_saved(scheduler: Any) -> Any:
-    """The schedule as a checkpoint reloads it. diffusers' ``from_config`` lets a sampler
-    use its own default for keys the constructor filled in (``_use_default_values``, not
-    saved) but not for keys read from a file, so e.g. DPM-Solver's timestep spacing would
-    differ between a freshly built schedule and a loaded one. Previews and in-training FID
-    then show what ``bedgen sample`` / ``bedgen eval`` give for the saved checkpoint."""
-    return type(scheduler).from_config(json.loads(scheduler.to_json_string()))
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -397,19 +389,22 @@ class Trainer:
             return True
         return False
 
+    def ema_model(self) -> torch.nn.Module:
+        """A CPU copy of the network with the current EMA weights."""
+        model = self.family.build_model()
+        self.ema.copy_to(model.parameters())
+        return model
+
     def ema_pipeline(self) -> Pipeline:
         """A sampling pipeline on the current EMA weights (CPU copy)."""
-        unet = self.family.build_model()
-        self.ema.copy_to(unet.parameters())
         info = CheckpointInfo(str(self.run_dir), self.run_dir, "bedgen", self.config.family, self.config)
-        return Pipeline(unet, as_saved(self.family.training_scheduler()), info)
+        return self.family.pipeline(self.ema_model(), info)
 
     def _preview(self) -> None:
         if not self.is_main or self.config.train.preview_images < 1:
             return
         self._last_preview_step = self.state.step
-        pipe = self.ema_pipeline()
-        images = pipe.generate(self.config.train.preview_images, seed=0, device=self.device.type)
+        images = self.family.preview(self.ema_pipeline(), self.config.train.preview_images, self.device.type)
         path = self.run_dir / "previews" / f"step-{self.state.step:06d}.png"
         sheet = grid(images)
         sheet.save(path)
@@ -556,14 +551,13 @@ class Trainer:
 
     def _save_best_fid(self, result: dict[str, Any]) -> None:
         """RUN/best-fid: a loadable checkpoint (no training state), swapped in atomically."""
-        pipe = self.ema_pipeline()  # a fresh copy: sampling left the other one channels-last on the device
         metadata = {
             "training": {**asdict(self.state), "max_steps": self.max_steps},
             "data": self.data.describe(),
             "metrics": [result],
         }
-        save_checkpoint(self.run_dir / BEST_FID_DIR, pipe.unet, self.family.training_scheduler(), self.config,
-                        metadata=metadata)
+        # a fresh EMA copy: sampling left the pipeline's one channels-last on the device
+        self.family.write_checkpoint(self.run_dir / BEST_FID_DIR, self.ema_model(), self.config, metadata)
         run_file = self.run_dir / RUN_JSON
         current = json.loads(run_file.read_text()) if run_file.is_file() else {}
         current["best_fid"] = {"fid": result["fid"], "step": self.state.step, "checkpoint": BEST_FID_DIR}
@@ -593,15 +587,14 @@ class Trainer:
         path = self.run_dir / "checkpoints" / f"step-{self.state.step:06d}"
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            pipe = self.ema_pipeline()
             metadata = {
                 "training": {**asdict(self.state), "max_steps": self.max_steps,
                              "skipped_images": len(self.failed_indices)},
                 "data": self.data.describe(),
                 "metrics": self._metrics_of_this_step(),
             }
-            save_checkpoint(path, pipe.unet, self.family.training_scheduler(), self.config,
-                            metadata=metadata, extra=self._write_training_state)
+            self.family.write_checkpoint(path, self.ema_model(), self.config, metadata,
+                                         extra=self._write_training_state)
             self._write_run_status("running", latest=path)
             self._prune_checkpoints()
             self._emit({"event": "checkpoint", "step": self.state.step, "path": str(path)})
@@ -628,7 +621,7 @@ class Trainer:
             raise BedgenError(f"{checkpoint} has no {STATE_DIR}/ and cannot be resumed")
         model = self.accelerator.unwrap_model(self.model)
         model.load_state_dict(load_file(str(folder / "raw_unet.safetensors")))
-        ema_weights = load_file(str(checkpoint / "unet" / "diffusion_pytorch_model.safetensors"))
+        ema_weights = load_file(str(checkpoint / self.family.network_folder / "diffusion_pytorch_model.safetensors"))
         names = [name for name, _ in model.named_parameters()]
         trainer = json.loads((folder / "trainer.json").read_text())
         self.ema.load_state_dict({**trainer["ema"], "shadow_params": [ema_weights[n].to(self.device) for n in names]})

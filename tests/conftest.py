@@ -55,6 +55,36 @@ def make_tiny_score_checkpoint(path: Path, seed: int = 0) -> Path:
     return save_checkpoint(path, build_unet(config), build_score_scheduler(config), config)
 
 
+def make_tiny_vae_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A 16 px VAE (f = 4, 4 x 4 x 4 latent) with random weights, saved like a trained one."""
+    from bedgen.autoencoders import build_autoencoder
+    from bedgen.checkpoint import save_autoencoder_checkpoint
+
+    config = override(preset("vae-tiny"), {
+        "resolution": 16, "autoencoder.block_out_channels": (8, 16, 16), "autoencoder.norm_num_groups": 4,
+        "autoencoder.latent_channels": 4,
+    })
+    torch.manual_seed(seed)
+    return save_autoencoder_checkpoint(path, build_autoencoder(config), config)
+
+
+def make_tiny_ldm_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A 16 px latent diffusion model: the random VAE above (f = 4) + a tiny UNet on its 4 x 4 latents."""
+    from bedgen.autoencoders import build_autoencoder
+
+    vae_config = override(preset("vae-tiny"), {
+        "resolution": 16, "autoencoder.block_out_channels": (8, 16, 16), "autoencoder.norm_num_groups": 4,
+        "autoencoder.latent_channels": 4,
+    })
+    config = tiny_config(**{"family": "ldm", "preset": "ldm-tiny", "in_channels": 4, "diffusion.clip_sample": False,
+                            "latent.scaling_factor": 2.0})
+    torch.manual_seed(seed)
+    autoencoder = build_autoencoder(vae_config)
+    autoencoder.register_to_config(scaling_factor=2.0)
+    unet = build_unet(config)
+    return save_checkpoint(path, unet, build_training_scheduler(config), config, autoencoder=autoencoder)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny")
@@ -139,6 +169,8 @@ def app_server(tmp_path_factory):
     models = root / "checkpoints"
     make_tiny_checkpoint(models / "tiny")
     make_tiny_score_checkpoint(models / "tiny-smld")
+    make_tiny_vae_checkpoint(models / "tiny-vae")
+    make_tiny_ldm_checkpoint(models / "tiny-ldm")
     build_room_index(root)
     app = AppProcess(
         {

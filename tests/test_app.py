@@ -93,6 +93,18 @@ def test_score_model_is_listed_and_samples_with_steps_and_step_size(client, app_
     assert "pc, 3 steps" in status
 
 
+@pytest.mark.parametrize("name, status_text", [("tiny-vae", "prior, 1 steps"), ("tiny-ldm", "dpmsolver++, 3 steps")])
+def test_vae_and_latent_models_are_listed_and_generate(client, app_server, name, status_text):
+    ref = str(app_server.log.parent / "checkpoints" / name)
+    refs = [value for _label, value in client.predict(api_name="/refresh_models")["choices"]]
+    assert ref in refs
+    gallery, _, status = _generate(client, app_server, model=ref, seed=3, steps=3, n=2)
+    assert status_text in status and len(gallery) == 2
+    again, _, _ = _generate(client, app_server, model=ref, seed=3, steps=3, n=2)
+    pixels = [np.asarray(Image.open(g[0]["image"])) for g in (gallery, again)]
+    assert np.array_equal(pixels[0], pixels[1]) and pixels[0].shape == (16, 16, 3)
+
+
 @pytest.mark.parametrize("step_size, message", [(-1, "step size must be a positive number"),
                                                 ("big", "step size must be a positive number")])
 def test_bad_step_size_is_a_clear_error(client, app_server, step_size, message):

@@ -28,12 +28,23 @@ def test_seed_sweep_layouts_are_the_reported_ones():
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_builds_a_unet_that_runs(name):
+def test_every_preset_builds_its_network(name):
     import torch
+    from diffusers import AutoencoderKL, VQModel
+
+    from bedgen.autoencoders import build_autoencoder, downsample_factor
 
     config = preset(name)
+    if config.family == "vae":
+        model = build_autoencoder(config)
+        assert isinstance(model, VQModel if config.autoencoder.kind == "vq" else AutoencoderKL)
+        assert config.resolution % downsample_factor(model) == 0
+        return
     unet = build_unet(config)
-    assert unet.config.sample_size == config.resolution
+    assert unet.config.sample_size == config.model_resolution
+    assert unet.config.in_channels == config.in_channels
+    if config.family == "ldm":  # f = 4 latents of the LDM paper's first stages
+        assert config.model_resolution * 4 == config.resolution and config.latent.autoencoder is None
     if name == "tiny":  # running the big ones is too slow for a unit test
         with torch.no_grad():
             out = unet(torch.zeros(1, 3, 32, 32), 10).sample
@@ -54,7 +65,7 @@ def test_config_round_trips_through_json_data():
 
 
 def test_resolution_must_fit_the_downsampling():
-    with pytest.raises(BedgenError, match="not a multiple of the UNet's downsampling factor 16"):
+    with pytest.raises(BedgenError, match="not a multiple of the model's downsampling factor 16"):
         override(preset("ddpm-small"), {"resolution": 100})
 
 

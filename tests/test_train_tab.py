@@ -77,3 +77,26 @@ def test_bad_train_requests_are_refused(train_app, data, name, message):
         data = str(root / "data" / ".." / "outside")
     with pytest.raises(Exception, match=message):
         _start(client, data, name)
+
+
+def test_ldm_presets_take_an_autoencoder_confined_to_the_checkpoints(train_app, tmp_path):
+    from bedgen.errors import BedgenError
+    from bedgen.ui.settings import AppSettings
+    from bedgen.ui.train import check_request
+
+    app, root = train_app
+    data = str(root / "data" / "rooms")
+    client = Client(app.url, verbose=False)
+    with pytest.raises(Exception, match="trains on autoencoder latents"):
+        client.predict(data, "ldm-tiny", 32, 10, 8, 1e-3, "adamw", "ldm-1", "", api_name="/train_start")
+    with pytest.raises(Exception, match="inside the checkpoints folder"):
+        client.predict(data, "ldm-tiny", 32, 10, 8, 1e-3, "adamw", "ldm-2", "../data", api_name="/train_start")
+    with pytest.raises(Exception, match="ldm presets only"):
+        client.predict(data, "tiny", 32, 10, 8, 1e-3, "adamw", "ldm-3", "org/vae", api_name="/train_start")
+    settings = AppSettings(checkpoints=root / "checkpoints", default_model="x", data_roots=(root / "data",))
+    (root / "checkpoints" / "my-ae").mkdir(parents=True, exist_ok=True)
+    request = check_request(settings, data, "ldm-tiny", 32, 10, 8, 1e-3, "adamw", "ldm-4", "my-ae")
+    assert request.autoencoder == str((root / "checkpoints" / "my-ae").resolve())
+    assert check_request(settings, data, "ldm-kl", 64, 10, 8, 1e-3, "adamw", "ldm-5", "org/vae").autoencoder == "org/vae"
+    with pytest.raises(BedgenError, match="neither a checkpoint"):
+        check_request(settings, data, "ldm-kl", 64, 10, 8, 1e-3, "adamw", "ldm-6", "no such thing")

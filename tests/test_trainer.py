@@ -208,7 +208,7 @@ class _Args:
     "args, message",
     [
         (dict(data="/no/such/folder"), "does not exist"),
-        (dict(resolution=30), "not a multiple of the UNet's downsampling factor 4"),
+        (dict(resolution=30), "not a multiple of the model's downsampling factor 4"),
         (dict(**{"train.batch_size": 0}), "batch size must be at least 1"),
         (dict(data=None), "--data is required"),
     ],

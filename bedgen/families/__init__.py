@@ -9,10 +9,15 @@ from __future__ import annotations
 from ..config import BedgenConfig
 from ..errors import BedgenError
 from .ddpm import DiffusionFamily
+from .ldm import LatentDiffusionFamily
 from .smld import ScoreFamily
+from .vae import AutoencoderFamily
 
-Family = DiffusionFamily | ScoreFamily
-FAMILIES: dict[str, type[Family]] = {"ddpm": DiffusionFamily, "iddpm": DiffusionFamily, "smld": ScoreFamily}
+Family = DiffusionFamily | ScoreFamily | AutoencoderFamily
+FAMILIES: dict[str, type[Family]] = {
+    "ddpm": DiffusionFamily, "iddpm": DiffusionFamily, "ldm": LatentDiffusionFamily, "smld": ScoreFamily,
+    "vae": AutoencoderFamily,
+}
 
 
 def get_family(config: BedgenConfig) -> Family:
@@ -23,4 +28,7 @@ def get_family(config: BedgenConfig) -> Family:
     return FAMILIES[config.family](config)
 
 
-__all__ = ["DiffusionFamily", "FAMILIES", "Family", "ScoreFamily", "get_family"]
+__all__ = [
+    "AutoencoderFamily", "DiffusionFamily", "FAMILIES", "Family", "LatentDiffusionFamily", "ScoreFamily",
+    "get_family",
+]

@@ -11,9 +11,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from .. import diffusion_math as dm
 from ..config import BedgenConfig
 from ..modeling import build_training_scheduler, build_unet
+from .base import UNetFamily
 
 
-class DiffusionFamily:
+class DiffusionFamily(UNetFamily):
     """ε / v / x0-prediction UNet; MSE loss or the hybrid loss with a learned variance."""
 
     def __init__(self, config: BedgenConfig):

@@ -20,6 +20,7 @@ from .. import score_math as sm
 from ..config import BedgenConfig
 from ..errors import BedgenError
 from ..modeling import build_unet
+from .base import UNetFamily
 
 # Images used to measure σ_max: the maximum pairwise distance saturates quickly.
 SIGMA_MAX_SAMPLE = 4096
@@ -52,7 +53,7 @@ def sigma_max_of(dataset: Any, limit: int = SIGMA_MAX_SAMPLE) -> float:
     return sm.max_pairwise_distance(images)
 
 
-class ScoreFamily:
+class ScoreFamily(UNetFamily):
     """Denoising score matching over a geometric σ ladder, weighted by σ² ([SE19] Eq. 5-6)."""
 
     def __init__(self, config: BedgenConfig):

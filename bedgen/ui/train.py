@@ -42,6 +42,7 @@ class TrainRequest:
     lr: float
     optimizer: str
     run_name: str
+    autoencoder: str | None = None  # ldm presets: the first stage's REF
 
 
 class TrainingJobs:
@@ -71,6 +72,8 @@ class TrainingJobs:
                 "--checkpoint-every", str(max(1, min(500, request.max_steps // 4))),
                 "--preview-every", str(max(1, min(500, request.max_steps // 4))),
             ]
+            if request.autoencoder:
+                command += ["--set", f"latent.autoencoder={json.dumps(request.autoencoder)}"]
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             log = open(run_dir.parent / f".{request.run_name}.log", "w")
             self.process = subprocess.Popen(
@@ -99,7 +102,7 @@ class TrainingJobs:
 
 
 def check_request(settings: AppSettings, data: Any, preset: Any, resolution: Any, max_steps: Any,
-                  batch_size: Any, lr: Any, optimizer: Any, run_name: Any) -> TrainRequest:
+                  batch_size: Any, lr: Any, optimizer: Any, run_name: Any, autoencoder: Any = "") -> TrainRequest:
     """Validate the form; paths must stay inside the configured data roots."""
     from .generate import _whole
 
@@ -124,7 +127,31 @@ def check_request(settings: AppSettings, data: Any, preset: Any, resolution: Any
         lr=rate,
         optimizer=optimizer,
         run_name=run_name.strip(),
+        autoencoder=_check_autoencoder(settings, preset, autoencoder),
     )
+
+
+def _check_autoencoder(settings: AppSettings, preset: str, autoencoder: Any) -> str | None:
+    """ldm presets need a first stage: a checkpoint under the checkpoints folder or a Hub id."""
+    text = autoencoder.strip() if isinstance(autoencoder, str) else ""
+    if PRESETS[preset].family != "ldm":
+        if text:
+            raise BedgenError(f"an autoencoder applies to the ldm presets only, not to '{preset}'; clear the field")
+        return None
+    if not text:
+        raise BedgenError(
+            f"the {preset} preset trains on autoencoder latents: give the autoencoder (a run of the "
+            "autoencoder-kl / autoencoder-vq presets under the checkpoints folder, or a Hub id)"
+        )
+    root = settings.checkpoints.resolve()
+    local = (root / text).resolve()
+    if local.exists():
+        if local != root and root not in local.parents:
+            raise BedgenError(f"the autoencoder must be inside the checkpoints folder {root}")
+        return str(local)
+    if parse_hub_ref(text) is None or ".." in text:
+        raise BedgenError(f"autoencoder '{text}' is neither a checkpoint under {root} nor a Hub id org/name")
+    return text
 
 
 def _check_data_source(settings: AppSettings, data: Any) -> str:
@@ -204,6 +231,10 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
             batch_size = RawSlider(1, 256, value=32, step=1, label="Batch size")
             lr = RawNumber(1e-3, label="Learning rate")
             optimizer = gr.Dropdown(OPTIMIZERS, value="adamw", label="Optimizer")
+            autoencoder = gr.Textbox(
+                "", label="Autoencoder (ldm presets only)",
+                placeholder="a run of autoencoder-kl / -vq under the checkpoints folder, or a Hub id",
+            )
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -227,7 +258,8 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
         frame = pd.DataFrame([{"step": r["step"], "loss": r["loss"]} for r in losses], columns=["step", "loss"])
         return text, frame, image, gr.Dropdown(choices=model_choices(settings))
 
-    start.click(on_start, [data, preset, resolution, max_steps, batch_size, lr, optimizer, run_name], status,
+    start.click(on_start, [data, preset, resolution, max_steps, batch_size, lr, optimizer, run_name, autoencoder],
+                status,
                 api_name="train_start", concurrency_limit=None)
     stop.click(lambda: jobs.stop(), None, status, api_name="train_stop", concurrency_limit=None)
     poll = gr.Button("Refresh status", size="sm", elem_id="train-refresh")

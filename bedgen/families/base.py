@@ -1,0 +1,51 @@
+"""What every family shares: how its network is sampled and saved.
+
+The trainer calls these instead of knowing about UNets or autoencoders, so the
+one training loop serves every family (DESIGN.md: latent = pixel + encoder).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def as_saved(scheduler: Any) -> Any:
+    """The schedule as a checkpoint reloads it. diffusers' ``from_config`` lets a sampler
+    use its own default for keys the constructor filled in (``_use_default_values``, not
+    saved) but not for keys read from a file, so e.g. DPM-Solver's timestep spacing would
+    differ between a freshly built schedule and a loaded one. Previews and in-training FID
+    then show what ``bedgen sample`` / ``bedgen eval`` give for the saved checkpoint."""
+    return type(scheduler).from_config(json.loads(scheduler.to_json_string()))
+
+
+class UNetFamily:
+    """Families whose trained network is a ``UNet2DModel`` sampled with a schedule."""
+
+    network_folder = "unet"  # where a checkpoint keeps the (EMA) weights of the trained network
+
+    def training_scheduler(self) -> Any:
+        raise NotImplementedError
+
+    def autoencoder(self) -> torch.nn.Module | None:
+        """The frozen first stage of latent models; None on pixels."""
+        return None
+
+    def preview(self, pipe: Any, count: int, device: str) -> list[Any]:
+        """The images of a preview grid: samples from fixed seeds."""
+        return pipe.generate(count, seed=0, device=device)
+
+    def pipeline(self, model: torch.nn.Module, info: Any) -> Any:
+        from ..pipeline import Pipeline
+
+        return Pipeline(model, as_saved(self.training_scheduler()), info, autoencoder=self.autoencoder())
+
+    def write_checkpoint(self, path: Path, model: torch.nn.Module, config: Any, metadata: dict[str, Any],
+                         extra: Callable[[Path], None] | None = None) -> Path:
+        from ..checkpoint import save_checkpoint
+
+        return save_checkpoint(path, model, self.training_scheduler(), config, metadata=metadata, extra=extra,
+                               autoencoder=self.autoencoder())
