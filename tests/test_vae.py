@@ -241,3 +241,20 @@ def test_scaling_factor_is_one_over_the_latent_std():
     got = ae.estimate_scaling_factor(model, lambda start: x[start : start + 4], 10, batch_size=4)
     assert got == pytest.approx(expected, rel=1e-5)
     assert np.isfinite(got)
+
+
+def test_vae_and_ldm_are_evaluated_by_the_same_fid_code(trained, rooms, tmp_path, monkeypatch):
+    """The reference "VAE vs DDPM" comparison: bedgen eval on a vae checkpoint, stored in its bedgen.json."""
+    from bedgen.metrics import evaluate
+
+    from conftest import make_tiny_ldm_checkpoint, save_random_inception
+
+    monkeypatch.setenv("BEDGEN_CACHE", str(tmp_path / "cache"))
+    weights = save_random_inception(tmp_path / "inception-random.pth")
+    vae = evaluate(bedgen.load(str(trained)), str(rooms), num_samples=4, metrics="fid,kid",
+                   inception_weights=weights, batch_size=4, dtype="fp32")
+    assert vae["sampler"] == "prior" and vae["num_samples"] == 4 and vae["fid"] > 0
+    ldm = bedgen.load(str(make_tiny_ldm_checkpoint(tmp_path / "ldm")))
+    result = evaluate(ldm, str(rooms), num_samples=4, metrics="fid", steps=2, inception_weights=weights,
+                      batch_size=4, dtype="fp32")
+    assert result["fid"] > 0 and result["reference"]["path"] == vae["reference"]["path"]
