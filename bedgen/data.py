@@ -884,12 +884,17 @@ def _write_shard(
 
 
 def _commit(out: Path, meta: dict[str, Any]) -> None:
-    """Recompute totals and write meta.json atomically: the point where a shard counts as done."""
+    commit_shards(out / META, meta)
+
+
+def commit_shards(path: Path, meta: dict[str, Any]) -> None:
+    """Recompute a sharded folder's totals and write its manifest atomically: the point where
+    a shard counts as done (prepared data here, LPIPS indexes in ``bedgen.neighbours``)."""
     meta["shards"].sort(key=lambda s: s["index"])
     meta["count"] = sum(s["count"] for s in meta["shards"])
     meta["skipped_keys"] = [k for s in meta["shards"] for k in s["skipped"]]
     meta["skipped"] = len(meta["skipped_keys"])
-    _atomic_write(out / META, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    _atomic_write(path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
 def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:

@@ -82,7 +82,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import DataConfig, ImageDataset, _atomic_write, _one_line, decode, open_dataset, preprocess
+from .data import DataConfig, ImageDataset, _atomic_write, _one_line, commit_shards, decode, open_dataset, preprocess
 from .device import resolve_device
 from .errors import BedgenError
 from .images import load_image
@@ -572,12 +572,7 @@ def _shard_files(shard: dict[str, Any]) -> list[str]:
 
 
 def _commit(out: Path, manifest: dict[str, Any]) -> None:
-    """Recompute the totals and write index.json atomically: the point where a shard counts as done."""
-    manifest["shards"].sort(key=lambda s: s["index"])
-    manifest["count"] = sum(s["count"] for s in manifest["shards"])
-    manifest["skipped_keys"] = [k for s in manifest["shards"] for k in s["skipped"]]
-    manifest["skipped"] = len(manifest["skipped_keys"])
-    _atomic_write(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    commit_shards(out / MANIFEST, manifest)
 
 
 def _projection_for(out: Path, dataset: ImageDataset, embedder: LpipsEmbedder, batch_size: int) -> _Projection:

@@ -22,7 +22,23 @@ def as_saved(scheduler: Any) -> Any:
     return type(scheduler).from_config(json.loads(scheduler.to_json_string()))
 
 
-class UNetFamily:
+class FamilyHooks:
+    """The hooks a family may leave as they are: nothing to measure, adapt or resume."""
+
+    def prepare(self, dataset: Any) -> None:
+        """Measure what the config leaves open from the training data (e.g. σ_max)."""
+
+    def observe(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """See the (all-process) losses of a step, e.g. for importance sampling of t."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class UNetFamily(FamilyHooks):
     """Families whose trained network is a ``UNet2DModel`` sampled with a schedule."""
 
     network_folder = "unet"  # where a checkpoint keeps the (EMA) weights of the trained network

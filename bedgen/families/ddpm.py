@@ -25,9 +25,6 @@ class DiffusionFamily(UNetFamily):
         importance = config.diffusion.timestep_sampling == "importance"
         self.importance = dm.ImportanceSampler(self.num_timesteps) if importance else None
 
-    def prepare(self, dataset: Any) -> None:
-        """Nothing to measure: the schedule is fixed by the config."""
-
     def build_model(self) -> UNet2DModel:
         return build_unet(self.config)
 

@@ -100,14 +100,6 @@ class ScoreFamily(UNetFamily):
         losses = sm.dsm_loss(sigma.view(-1, 1, 1, 1) * score, noise)
         return losses, levels, losses.detach()
 
-    def observe(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Uniform level sampling: nothing to adapt."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 def sampling_ladder(scheduler: ScoreSdeVeScheduler, levels: int) -> torch.Tensor:

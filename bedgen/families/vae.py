@@ -22,9 +22,10 @@ from diffusers import VQModel
 
 from .. import autoencoders as ae
 from ..config import BedgenConfig
+from .base import FamilyHooks
 
 
-class AutoencoderFamily:
+class AutoencoderFamily(FamilyHooks):
     network_folder = "vae"
 
     def __init__(self, config: BedgenConfig):
@@ -81,15 +82,6 @@ class AutoencoderFamily:
             losses = losses + a.perceptual_weight * lpips(x_hat.clamp(-1, 1), x0.float()).flatten()
         zeros = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
         return losses, zeros, losses.detach()
-
-    def observe(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """No timesteps to adapt to."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
     def pipeline(self, model: torch.nn.Module, info: Any) -> Any:
         from ..pipeline import AutoencoderPipeline
