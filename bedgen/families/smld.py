@@ -101,7 +101,6 @@ class ScoreFamily(UNetFamily):
         return losses, levels, losses.detach()
 
 
-
 def sampling_ladder(scheduler: ScoreSdeVeScheduler, levels: int) -> torch.Tensor:
     """``levels`` geometric σ's between the model's σ_max and σ_min (fewer levels = faster)."""
     c = scheduler.config
