@@ -336,6 +336,71 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune a model on a few instance images, with prior preservation",
+        description="Fine-tune an unconditional model on a handful of instance images while class images "
+                    "sampled from the original model keep its diversity (prior preservation). Reports LPIPS "
+                    "to the nearest instance and mean pairwise LPIPS of samples, before and after.",
+    )
+    p.add_argument("--model", help="the model to start from (run folder, checkpoint or Hub id with bedgen.json)")
+    p.add_argument("--instance-data", help="folder with the instance images")
+    p.add_argument("--out", required=True, type=Path, help="run folder (a model REF when done)")
+    p.add_argument("--prior-weight", type=_nonnegative_float, default=1.0,
+                   help="λ, the weight of the class images' loss; 0 = no prior preservation (default: 1)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--class-data", help="folder of class images (default: sample them from --model)")
+    source.add_argument("--num-class-images", type=int, default=100,
+                        help="class images to sample from --model into OUT/class-images (default: 100)")
+    p.add_argument("--steps", type=_positive_int, default=400, help="optimizer steps (default: 400)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's training rate / 10)")
+    p.add_argument("--batch-size", type=_positive_int, default=4,
+                   help="instance images per step; as many class images join them (default: 4)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--report-samples", type=_positive_int, default=16,
+                   help="samples per model for the LPIPS report (default: 16)")
+    p.add_argument("--lpips-weights", default=None,
+                   help="torchvision AlexNet weights file for LPIPS (default: torchvision's download)")
+    p.add_argument("--no-report", dest="report", action="store_false", help="skip the LPIPS report")
+    p.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out")
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneRequest, run_finetune
+    from .trainer import TrainingDiverged
+
+    if not args.resume and (not args.model or not args.instance_data):
+        raise BedgenError("--model and --instance-data are required (or --resume with --out of a fine-tuning run)")
+    if args.report and args.report_samples < 2:
+        raise BedgenError("--report-samples must be at least 2: diversity is measured between samples")
+    request = FinetuneRequest(
+        model=args.model, instance_data=args.instance_data, out=args.out, prior_weight=args.prior_weight,
+        class_data=args.class_data, num_class_images=args.num_class_images, steps=args.steps, lr=args.lr,
+        batch_size=args.batch_size, seed=args.seed, report_samples=args.report_samples,
+        lpips_weights=args.lpips_weights, report=args.report,
+    )
+    try:
+        report = run_finetune(request, resume=args.resume)
+    except TrainingDiverged as e:
+        print(f"bedgen: {e}", file=sys.stderr)
+        return 3
+    if report:
+        print(json.dumps(report))
+    print(f"fine-tuned model: {args.out}", file=sys.stderr)
+    return 0
+
+
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="decode a dataset once into uint8 shards at the training resolution")
     p.add_argument("--src", required=True, help="image folder, LSUN LMDB or Hugging Face dataset id/dir")
@@ -688,7 +753,7 @@ def _sweep_report(out: Path, interrupted: bool) -> int:
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_sample, _add_reconstruct, _add_interpolate, _add_models, _add_train, _add_prepare, _add_index, _add_neighbours, _add_ref_stats, _add_eval,
+    _add_sample, _add_reconstruct, _add_interpolate, _add_models, _add_train, _add_finetune, _add_prepare, _add_index, _add_neighbours, _add_ref_stats, _add_eval,
     _add_sweep,
 )
 

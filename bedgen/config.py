@@ -239,6 +239,24 @@ class LatentConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Start from a trained model and fit a few instance images (``data.source``) while class
+    images of the original model keep its diversity: DreamBooth's prior preservation
+    (Ruiz et al. 2023, Eq. 2) without a text prompt. Every batch pairs each instance image
+    with a class image; the class half of the loss is weighted by ``prior_weight``."""
+
+    init_from: str | None = None  # REF whose network weights start training; None = random init
+    class_data: str | None = None  # image folder of the original model's samples; None = no prior term
+    prior_weight: float = 1.0  # λ of the prior-preservation term
+
+    def validate(self) -> None:
+        if not (self.prior_weight >= 0 and self.prior_weight < float("inf")):
+            raise BedgenError(f"finetune.prior_weight must be a number >= 0, got {self.prior_weight}")
+        if self.class_data is not None and not self.init_from:
+            raise BedgenError("finetune.class_data needs finetune.init_from: the model whose prior is preserved")
+
+
+@dataclass
 class SamplingConfig:
     """Defaults for ``Pipeline.generate`` and the app's Generate tab."""
 
@@ -259,6 +277,7 @@ class BedgenConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -278,6 +297,7 @@ class BedgenConfig:
 
     def validate(self) -> None:
         self.train.validate()
+        self.finetune.validate()
         if self.family == "vae":
             self._validate_autoencoder()
             return

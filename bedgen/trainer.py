@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from .checkpoint import RUN_JSON, CheckpointInfo, write_json
 from .config import BedgenConfig
 from .data import ImageDataset, open_dataset
+from .finetune import images_of, open_training_data
 from .device import cpu_has_bf16
 from .errors import BedgenError
 from .families import get_family
@@ -138,13 +139,15 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.show_progress = progress and self.is_main
         self.family = get_family(config)
-        self.data = open_dataset(config.data, config.resolution, "train")
-        self.family.prepare(self.data)  # e.g. σ_max from the data; recorded in the saved config
+        self.data = open_training_data(config)  # the images, or (instance, class) pairs when fine-tuning
+        self.family.prepare(images_of(self.data))  # e.g. σ_max from the data; recorded in the saved config
         self.val_data = self._validation_data()
         self.fid_inception, self.fid_reference = self._prepare_fid()  # bad input fails before any write
         self._prepare_run_dir(resume)
         torch.manual_seed(config.train.seed)  # the initial weights are part of the run's seed
         self.model = self.family.build_model()
+        if config.finetune.init_from and not (resume and self.latest_checkpoint() is not None):
+            self._start_from(config.finetune.init_from)  # before the EMA, which starts from these weights
         self.ema = EMAModel(
             self.model.parameters(), decay=config.train.ema_decay, use_ema_warmup=True,
             power=config.train.ema_power, foreach=True,
@@ -181,6 +184,16 @@ class Trainer:
             raise BedgenError(
                 f"'{self.run_dir}' already holds a training run; pass --resume to continue it or choose a new --out"
             )
+
+    def _start_from(self, ref: str) -> None:
+        """Fine-tuning: the network starts from the weights of the model ``ref``."""
+        source = self.family.load_network(ref)
+        try:
+            self.model.load_state_dict(source.state_dict())
+        except RuntimeError as e:
+            raise BedgenError(
+                f"the weights of '{ref}' do not fit this config's network: {str(e).splitlines()[0]}"
+            ) from e
 
     def _validation_data(self) -> ImageDataset | None:
         if self.config.data.validation_fraction <= 0:
@@ -292,10 +305,12 @@ class Trainer:
         all_t, all_losses = [], []
         for micro in range(t.grad_accum):
             batch = next(batches)
-            x0 = self._to_model_input(batch, generator)
+            x0, weights = self._to_model_input(batch, generator)
             with self.accelerator.autocast():
                 losses, timesteps, raw = self.family.loss(self.model, x0, generator)
-            loss = losses.mean() / t.grad_accum
+            # Σ w·ℓ per dataset item: the mean for plain batches; for fine-tuning pairs
+            # E ℓ(instance) + λ E ℓ(class), DreamBooth's objective (Ruiz et al. 2023, Eq. 2)
+            loss = (losses * weights).sum() / len(batch["index"]) / t.grad_accum
             if micro < t.grad_accum - 1:
                 with self.accelerator.no_sync(self.model):
                     self.accelerator.backward(loss)
@@ -321,14 +336,19 @@ class Trainer:
             self.ema.step(self.accelerator.unwrap_model(self.model).parameters())
         return total, grad_norm
 
-    def _to_model_input(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def _to_model_input(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [-1, 1] and their loss weights (1, or 1 and λ for fine-tuning pairs)."""
         failed = batch["index"][~batch["ok"]]
         self.failed_indices.update(int(i) for i in failed)
-        x0 = batch["image"].to(self.device, non_blocking=True).float() / 127.5 - 1  # [0, 255] -> [-1, 1]
+        images = batch["image"].flatten(0, -4)  # (B, 2, C, H, W) pairs -> (2B, C, H, W)
+        weights = batch["weight"].flatten() if "weight" in batch else torch.ones(len(images))
+        x0 = images.to(self.device, non_blocking=True).float() / 127.5 - 1  # [0, 255] -> [-1, 1]
         if self.config.data.flip:
             flip = torch.rand(x0.shape[0], generator=generator, device=self.device) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        return x0
+        return x0, weights.to(self.device)
 
     def _clip_gradients(self) -> float:
         params = self.accelerator.unwrap_model(self.model).parameters()

@@ -113,3 +113,16 @@ def test_find_neighbours_under_the_generate_gallery(page):
     )
     page.locator("#nn-status").get_by_text("Nearest of 24 indexed images").wait_for(timeout=60_000)
     _loaded_images(page, "#nn-gallery img", 6)
+
+
+def test_train_tab_fine_tune_mode_switches_fields_and_explains_errors(page):
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_label("Fine-tune a model").check()
+    page.locator("#finetune-start").wait_for(state="visible", timeout=30_000)
+    page.get_by_label("Instance images (a folder under the data roots)").wait_for(state="visible")
+    assert not page.locator("#train-start").is_visible()
+    assert not page.get_by_label("Data source").is_visible()
+    page.click("#finetune-start")  # no model chosen yet
+    page.get_by_text("give the model to fine-tune").first.wait_for(timeout=30_000)
+    page.get_by_label("Train from a preset").check()
+    page.locator("#train-start").wait_for(state="visible", timeout=30_000)

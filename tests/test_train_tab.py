@@ -5,7 +5,7 @@ import time
 import pytest
 from gradio_client import Client
 
-from conftest import AppProcess
+from conftest import AppProcess, make_tiny_checkpoint, save_random_backbone
 from synthetic import write_rooms
 
 
@@ -15,9 +15,12 @@ def train_app(tmp_path_factory):
     write_rooms(root / "data" / "rooms", 40, size=24)
     (root / "outside").mkdir()
     write_rooms(root / "outside", 4, size=24)
+    write_rooms(root / "data" / "my-style", 3, size=40, seed=5)
+    make_tiny_checkpoint(root / "checkpoints" / "ft-source", resolution=32)
     app = AppProcess(
         {"BEDGEN_CHECKPOINTS": str(root / "checkpoints"), "BEDGEN_DATA_ROOTS": str(root / "data"),
-         "BEDGEN_DEFAULT_MODEL": "google/ddpm-ema-bedroom-256", "HF_HUB_OFFLINE": "1"},
+         "BEDGEN_DEFAULT_MODEL": "google/ddpm-ema-bedroom-256", "HF_HUB_OFFLINE": "1",
+         "BEDGEN_LPIPS_WEIGHTS": str(save_random_backbone(root / "alexnet-random.safetensors"))},
         cwd=root,
     )
     try:
@@ -100,3 +103,38 @@ def test_ldm_presets_take_an_autoencoder_confined_to_the_checkpoints(train_app, 
     assert check_request(settings, data, "ldm-kl", 64, 10, 8, 1e-3, "adamw", "ldm-5", "org/vae").autoencoder == "org/vae"
     with pytest.raises(BedgenError, match="neither a checkpoint"):
         check_request(settings, data, "ldm-kl", 64, 10, 8, 1e-3, "adamw", "ldm-6", "no such thing")
+
+
+def test_finetune_mode_runs_and_shows_the_report(train_app):
+    app, root = train_app
+    client = Client(app.url, verbose=False)
+    _wait_for(client, lambda s: "stopped" in s[0] or "finished" in s[0] or "No run" in s[0])  # one run at a time
+    text = client.predict("ft-source", str(root / "data" / "my-style"), 1.0, 4, 3, 2, 1e-4, "ft-run",
+                          api_name="/finetune_start")
+    assert "class images" in text
+    status = _wait_for(client, lambda s: "LPIPS to the nearest instance" in s[0])
+    assert "mean pairwise LPIPS" in status[0] and "ft-run" in status[0]
+    run = root / "checkpoints" / "ft-run"
+    assert len(list((run / "class-images").glob("*.png"))) == 4
+    assert str(run) in str(status[3])  # listed for the Generate tab
+    gallery, _, _ = client.predict(str(run), 0, 3, "auto", 1, False, api_name="/generate")
+    assert len(gallery) == 1
+
+
+@pytest.mark.parametrize(
+    "model, instances, weight, message",
+    [
+        ("../data", "data/my-style", 1.0, "inside the checkpoints folder"),
+        ("../ft-source", "data/my-style", 1.0, "neither a checkpoint"),
+        ("/etc", "data/my-style", 1.0, "inside the checkpoints folder"),
+        ("ft-source", "outside", 1.0, "inside the data roots"),
+        ("ft-source", "data/my-style", -1, "prior weight"),
+        ("", "data/my-style", 1.0, "give the model to fine-tune"),
+    ],
+)
+def test_bad_finetune_requests_are_refused(train_app, model, instances, weight, message):
+    app, root = train_app
+    client = Client(app.url, verbose=False)
+    with pytest.raises(Exception, match=message):
+        client.predict(model, str(root / instances), weight, 4, 3, 2, 1e-4, "ft-bad", api_name="/finetune_start")
+    assert not (root / "checkpoints" / "ft-bad").exists()

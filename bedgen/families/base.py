@@ -46,6 +46,12 @@ class UNetFamily(FamilyHooks):
     def training_scheduler(self) -> Any:
         raise NotImplementedError
 
+    def load_network(self, ref: str) -> torch.nn.Module:
+        """The trained network of the model ``ref`` (fine-tuning starts from it)."""
+        from ..checkpoint import load_checkpoint
+
+        return load_checkpoint(ref)[0]
+
     def autoencoder(self) -> torch.nn.Module | None:
         """The frozen first stage of latent models; None on pixels."""
         return None

@@ -58,6 +58,10 @@ class AutoencoderFamily(FamilyHooks):
     def build_model(self) -> ae.Autoencoder:
         return ae.build_autoencoder(self.config)
 
+    def load_network(self, ref: str) -> ae.Autoencoder:
+        """The trained autoencoder of the model ``ref`` (fine-tuning starts from it)."""
+        return ae.load_autoencoder(ref)
+
     def loss(
         self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

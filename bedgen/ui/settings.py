@@ -50,6 +50,7 @@ class AppSettings:
     sweeps: Path = Path("checkpoints/sweeps")  # where the Evaluate tab looks for sweep folders
     inception_weights: Path | None = None  # None: torch-fidelity's standard file (downloaded once)
     max_eval_samples: int = 2000  # per evaluation request, enforced server-side
+    lpips_weights: Path | None = None  # AlexNet backbone for the fine-tune report; None: torchvision's download
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -71,6 +72,7 @@ class AppSettings:
             sweeps=Path(os.environ.get("BEDGEN_SWEEPS", str(checkpoints_dir() / "sweeps"))).expanduser(),
             inception_weights=_env_path("BEDGEN_INCEPTION_WEIGHTS"),
             max_eval_samples=_env_int("BEDGEN_MAX_EVAL_SAMPLES", 2000),
+            lpips_weights=_env_path("BEDGEN_LPIPS_WEIGHTS"),
             # Off on a public Space (SPACE_ID is set there) unless explicitly enabled.
             training_enabled=_env_flag("BEDGEN_ENABLE_TRAINING", default=not os.environ.get("SPACE_ID")),
         )

@@ -44,6 +44,42 @@ class TrainRequest:
     run_name: str
     autoencoder: str | None = None  # ldm presets: the first stage's REF
 
+    def command(self, run_dir: Path, settings: AppSettings) -> list[str]:
+        command = [
+            "train", "--data", self.data, "--preset", self.preset, "--resolution", str(self.resolution),
+            "--out", str(run_dir), "--max-steps", str(self.max_steps), "--batch-size", str(self.batch_size),
+            "--lr", repr(self.lr), "--optimizer", self.optimizer,
+            "--checkpoint-every", str(max(1, min(500, self.max_steps // 4))),
+            "--preview-every", str(max(1, min(500, self.max_steps // 4))),
+        ]
+        if self.autoencoder:
+            command += ["--set", f"latent.autoencoder={json.dumps(self.autoencoder)}"]
+        return command
+
+
+@dataclass
+class FinetuneJob:
+    """The Train tab's fine-tune mode: ``bedgen finetune`` with prior preservation."""
+
+    model: str
+    instance_data: str
+    prior_weight: float
+    num_class_images: int
+    max_steps: int
+    batch_size: int
+    lr: float
+    run_name: str
+
+    def command(self, run_dir: Path, settings: AppSettings) -> list[str]:
+        command = [
+            "finetune", "--model", self.model, "--instance-data", self.instance_data, "--out", str(run_dir),
+            "--prior-weight", repr(self.prior_weight), "--num-class-images", str(self.num_class_images),
+            "--steps", str(self.max_steps), "--batch-size", str(self.batch_size), "--lr", repr(self.lr),
+        ]
+        if settings.lpips_weights is not None:
+            command += ["--lpips-weights", str(settings.lpips_weights)]
+        return command
+
 
 class TrainingJobs:
     """At most one training subprocess per app."""
@@ -57,23 +93,14 @@ class TrainingJobs:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, request: TrainRequest) -> Path:
+    def start(self, request: TrainRequest | FinetuneJob) -> Path:
         with self._lock:
             run_dir = self.settings.checkpoints / request.run_name
             if run_dir.exists():
                 raise BedgenError(f"a model named '{request.run_name}' already exists; choose another run name")
             if self.running():
                 raise BedgenError(f"a run is already training ({self.run_dir.name}); stop it first")
-            command = [
-                sys.executable, "-m", "bedgen", "train", "--data", request.data, "--preset", request.preset,
-                "--resolution", str(request.resolution), "--out", str(run_dir),
-                "--max-steps", str(request.max_steps), "--batch-size", str(request.batch_size),
-                "--lr", repr(request.lr), "--optimizer", request.optimizer,
-                "--checkpoint-every", str(max(1, min(500, request.max_steps // 4))),
-                "--preview-every", str(max(1, min(500, request.max_steps // 4))),
-            ]
-            if request.autoencoder:
-                command += ["--set", f"latent.autoencoder={json.dumps(request.autoencoder)}"]
+            command = [sys.executable, "-m", "bedgen", *request.command(run_dir, self.settings)]
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             log = open(run_dir.parent / f".{request.run_name}.log", "w")
             self.process = subprocess.Popen(
@@ -110,14 +137,7 @@ def check_request(settings: AppSettings, data: Any, preset: Any, resolution: Any
         raise BedgenError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if optimizer not in OPTIMIZERS:
         raise BedgenError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if not isinstance(run_name, str) or not RUN_NAME.match(run_name.strip()):
-        raise BedgenError("run name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    try:
-        rate = float(lr)
-    except (TypeError, ValueError):
-        raise BedgenError(f"learning rate must be a number, got {lr!r}") from None
-    if not 0 < rate < 1:
-        raise BedgenError(f"learning rate must be between 0 and 1, got {lr!r}")
+    rate = _check_run(run_name, lr)
     return TrainRequest(
         data=_check_data_source(settings, data),
         preset=preset,
@@ -129,6 +149,61 @@ def check_request(settings: AppSettings, data: Any, preset: Any, resolution: Any
         run_name=run_name.strip(),
         autoencoder=_check_autoencoder(settings, preset, autoencoder),
     )
+
+
+def _check_run(run_name: Any, lr: Any) -> float:
+    """The run name's shape and the learning rate, checked the same way in both modes."""
+    if not isinstance(run_name, str) or not RUN_NAME.match(run_name.strip()):
+        raise BedgenError("run name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    try:
+        rate = float(lr)
+    except (TypeError, ValueError):
+        raise BedgenError(f"learning rate must be a number, got {lr!r}") from None
+    if not 0 < rate < 1:
+        raise BedgenError(f"learning rate must be between 0 and 1, got {lr!r}")
+    return rate
+
+
+def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any, prior_weight: Any,
+                           num_class_images: Any, max_steps: Any, batch_size: Any, lr: Any,
+                           run_name: Any) -> FinetuneJob:
+    """Validate the fine-tune form: the model under the checkpoints folder (or a Hub id), the
+    instance images under the data roots."""
+    from .generate import _whole
+
+    rate = _check_run(run_name, lr)
+    try:
+        weight = float(prior_weight)
+    except (TypeError, ValueError):
+        raise BedgenError(f"prior weight must be a number, got {prior_weight!r}") from None
+    if not 0 <= weight <= 100:
+        raise BedgenError(f"prior weight must be between 0 and 100, got {prior_weight!r}")
+    return FinetuneJob(
+        model=_check_model_ref(settings, model, "the model to fine-tune"),
+        instance_data=_check_data_source(settings, instance_data),
+        prior_weight=weight,
+        num_class_images=_whole("class images", num_class_images, 0, 10_000),
+        max_steps=_whole("steps", max_steps, 1, 10_000_000),
+        batch_size=_whole("batch size", batch_size, 1, 4096),
+        lr=rate,
+        run_name=run_name.strip(),
+    )
+
+
+def _check_model_ref(settings: AppSettings, ref: Any, what: str) -> str:
+    """A checkpoint inside the checkpoints folder (no traversal, no symlink escape) or a Hub id."""
+    text = ref.strip() if isinstance(ref, str) else ""
+    if not text:
+        raise BedgenError(f"give {what}: a checkpoint under the checkpoints folder or a Hub id")
+    root = settings.checkpoints.resolve()
+    local = (root / text).resolve()  # an absolute text replaces root; resolve() follows links
+    if local.exists():
+        if local != root and root not in local.parents:
+            raise BedgenError(f"{what} must be inside the checkpoints folder {root}")
+        return str(local)
+    if parse_hub_ref(text) is None or ".." in text:
+        raise BedgenError(f"{what} '{text}' is neither a checkpoint under {root} nor a Hub id org/name")
+    return text
 
 
 def _check_autoencoder(settings: AppSettings, preset: str, autoencoder: Any) -> str | None:
@@ -143,15 +218,7 @@ def _check_autoencoder(settings: AppSettings, preset: str, autoencoder: Any) -> 
             f"the {preset} preset trains on autoencoder latents: give the autoencoder (a run of the "
             "autoencoder-kl / autoencoder-vq presets under the checkpoints folder, or a Hub id)"
         )
-    root = settings.checkpoints.resolve()
-    local = (root / text).resolve()
-    if local.exists():
-        if local != root and root not in local.parents:
-            raise BedgenError(f"the autoencoder must be inside the checkpoints folder {root}")
-        return str(local)
-    if parse_hub_ref(text) is None or ".." in text:
-        raise BedgenError(f"autoencoder '{text}' is neither a checkpoint under {root} nor a Hub id org/name")
-    return text
+    return _check_model_ref(settings, text, "the autoencoder")
 
 
 def _check_data_source(settings: AppSettings, data: Any) -> str:
@@ -171,6 +238,27 @@ def _check_data_source(settings: AppSettings, data: Any) -> str:
     if parse_hub_ref(data) is None:
         raise BedgenError(f"'{data}' is neither a folder under the data roots nor a Hub dataset id org/name")
     return data
+
+
+def _local_refs(settings: AppSettings) -> list[str]:
+    from ..registry import local_models
+
+    return [entry.ref for entry in local_models(settings.checkpoints)]
+
+
+def finetune_summary(run: Path) -> str | None:
+    """The fine-tune report as one line, once the run has written it."""
+    from ..finetune import REPORT_JSON
+
+    try:
+        report = json.loads((run / REPORT_JSON).read_text())
+        before, after = report["source"], report["finetuned"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return (f"LPIPS to the nearest instance: {before['lpips_to_nearest_instance']:.3f} → "
+            f"{after['lpips_to_nearest_instance']:.3f} (lower = closer) · mean pairwise LPIPS: "
+            f"{before['mean_pairwise_lpips']:.3f} → {after['mean_pairwise_lpips']:.3f} (higher = more diverse), "
+            f"{report['samples']} samples per model")
 
 
 def read_status(jobs: TrainingJobs) -> tuple[str, list[dict[str, Any]], str | None]:
@@ -206,6 +294,9 @@ def read_status(jobs: TrainingJobs) -> tuple[str, list[dict[str, Any]], str | No
         parts.append(f"latest checkpoint: `{state['latest']}`")
     if state.get("message"):
         parts.append(state["message"])
+    summary = finetune_summary(run)
+    if summary:
+        parts.append(summary)
     if status in ("exited", "diverged") or (not alive and not state):
         parts.append(f"```\n{jobs.log_tail()}\n```")
     preview = run / "previews" / "latest.png"
@@ -219,29 +310,53 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
     roots = ", ".join(f"`{r}`" for r in settings.data_roots) or "none"
     gr.Markdown(
         f"Train a model on a folder of images (under {roots}), an LSUN LMDB, a folder made by "
-        "`bedgen prepare`, or a Hugging Face dataset id. Checkpoints appear in the Generate tab."
+        "`bedgen prepare`, or a Hugging Face dataset id — or fine-tune a trained model on a few instance "
+        "images while samples of the original model keep its diversity. Checkpoints appear in the Generate tab."
     )
     with gr.Row():
         with gr.Column(scale=1):
-            data = gr.Textbox(label="Data source", placeholder="data/bedrooms or org/dataset")
+            mode = gr.Radio([("Train from a preset", "train"), ("Fine-tune a model", "finetune")], value="train",
+                            label="Mode", elem_id="train-mode")
             run_name = gr.Textbox("my-run", label="Run name (folder under the checkpoints folder)")
-            preset = gr.Dropdown(sorted(PRESETS), value="tiny", label="Preset")
-            resolution = RawNumber(32, label="Resolution (px)", precision=0)
+            with gr.Group(visible=True) as train_fields:
+                data = gr.Textbox(label="Data source", placeholder="data/bedrooms or org/dataset")
+                preset = gr.Dropdown(sorted(PRESETS), value="tiny", label="Preset")
+                resolution = RawNumber(32, label="Resolution (px)", precision=0)
+                optimizer = gr.Dropdown(OPTIMIZERS, value="adamw", label="Optimizer")
+                autoencoder = gr.Textbox(
+                    "", label="Autoencoder (ldm presets only)",
+                    placeholder="a run of autoencoder-kl / -vq under the checkpoints folder, or a Hub id",
+                )
+            with gr.Group(visible=False) as finetune_fields:
+                source = gr.Dropdown(_local_refs(settings), value=None, allow_custom_value=True,
+                                     label="Model to fine-tune (under the checkpoints folder, or a Hub id)")
+                instances = gr.Textbox(label="Instance images (a folder under the data roots)",
+                                       placeholder="data/my-bedroom-style")
+                prior_weight = RawNumber(1.0, label="Prior-preservation weight λ (0 = off)")
+                class_images = RawNumber(100, label="Class images sampled from the model", precision=0)
             max_steps = RawNumber(2500, label="Steps", precision=0)
             batch_size = RawSlider(1, 256, value=32, step=1, label="Batch size")
             lr = RawNumber(1e-3, label="Learning rate")
-            optimizer = gr.Dropdown(OPTIMIZERS, value="adamw", label="Optimizer")
-            autoencoder = gr.Textbox(
-                "", label="Autoencoder (ldm presets only)",
-                placeholder="a run of autoencoder-kl / -vq under the checkpoints folder, or a Hub id",
-            )
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
+                start_finetune = gr.Button("Start fine-tuning", variant="primary", elem_id="finetune-start",
+                                           visible=False)
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         with gr.Column(scale=2):
             status = gr.Markdown("No run started yet.", elem_id="train-status")
             curve = gr.LinePlot(x="step", y="loss", title="Training loss", height=260)
             preview = gr.Image(label="Latest preview (EMA weights, fixed seeds)", type="filepath", height=320)
+
+    def on_mode(chosen: str):
+        tuning = chosen == "finetune"
+        # fine-tuning defaults: few steps, small batches, a gentle rate
+        steps, batch, rate = (400, 4, 1e-4) if tuning else (2500, 32, 1e-3)
+        return (gr.Group(visible=not tuning), gr.Group(visible=tuning), gr.Button(visible=not tuning),
+                gr.Button(visible=tuning), steps, batch, rate,
+                gr.Dropdown(choices=_local_refs(settings)))
+
+    mode.change(on_mode, mode, [train_fields, finetune_fields, start, start_finetune, max_steps, batch_size, lr,
+                                source], api_visibility="private")
 
     def on_start(*values):
         try:
@@ -250,6 +365,13 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
         except BedgenError as e:
             raise gr.Error(str(e)) from e
         return f"**{run_dir.name}**: starting…"
+
+    def on_start_finetune(*values):
+        try:
+            run_dir = jobs.start(check_finetune_request(settings, *values))
+        except BedgenError as e:
+            raise gr.Error(str(e)) from e
+        return f"**{run_dir.name}**: sampling class images, then fine-tuning…"
 
     def on_status():
         import pandas as pd
@@ -261,6 +383,8 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
     start.click(on_start, [data, preset, resolution, max_steps, batch_size, lr, optimizer, run_name, autoencoder],
                 status,
                 api_name="train_start", concurrency_limit=None)
+    start_finetune.click(on_start_finetune, [source, instances, prior_weight, class_images, max_steps, batch_size, lr,
+                                             run_name], status, api_name="finetune_start", concurrency_limit=None)
     stop.click(lambda: jobs.stop(), None, status, api_name="train_stop", concurrency_limit=None)
     poll = gr.Button("Refresh status", size="sm", elem_id="train-refresh")
     poll.click(on_status, None, [status, curve, preview, model_dropdown], api_name="train_status",
