@@ -52,5 +52,9 @@ def _describe_local(path: Path) -> str:
     return f"{info.get('family', '?')} · preset {info.get('preset', '?')} · {config.get('resolution', '?')} px"
 
 
-def all_models(root: Path | None = None) -> list[ModelEntry]:
-    return local_models(root) + list(CURATED_HUB_MODELS)
+def all_models(root: Path | None = None, hub: tuple[str, ...] | None = None) -> list[ModelEntry]:
+    """Local checkpoints, then the Hub models ``hub`` (default: the curated list)."""
+    if hub is None:
+        return local_models(root) + list(CURATED_HUB_MODELS)
+    known = {entry.ref: entry for entry in CURATED_HUB_MODELS}
+    return local_models(root) + [known.get(ref, ModelEntry(ref, "hub", "Hub model")) for ref in hub]

@@ -24,7 +24,7 @@ the diffusion's noised states, and check a sample against its nearest training i
 
 def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     settings = settings or AppSettings.from_env()
-    cache = PipelineCache(settings.model_cache_size)
+    cache = PipelineCache(settings.model_cache_size, settings.model_policy)
     with gr.Blocks(title="bedgen") as demo:
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
@@ -59,14 +59,31 @@ def _wire_find_neighbours(generate: dict, neighbours: dict, tabs: gr.Tabs) -> No
     )
 
 
+ENVIRONMENT_HELP = """environment variables (all optional; the README has the full table):
+  BEDGEN_CHECKPOINTS, BEDGEN_DEFAULT_MODEL, BEDGEN_HUB_MODELS   models listed / allowed
+  BEDGEN_PUBLIC, BEDGEN_AUTH=user:password, BEDGEN_ENABLE_TRAINING  exposure and the Train tab
+  BEDGEN_CONCURRENCY, BEDGEN_QUEUE_SIZE, BEDGEN_MAX_IMAGES, BEDGEN_MAX_STEPS, BEDGEN_MAX_UPLOAD_MB  load limits
+  BEDGEN_DATA_ROOTS, BEDGEN_INDEXES, BEDGEN_REFERENCES, BEDGEN_SWEEPS  server folders"""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run the bedgen Gradio app.")
+    parser = argparse.ArgumentParser(
+        description="Run the bedgen Gradio app.", epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; 0.0.0.0 in a Space)")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860 or $GRADIO_SERVER_PORT)")
-    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--share", action="store_true",
+                        help="create a public gradio.live link (the app then runs in public mode)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    build_app().launch(server_name=args.host, server_port=args.port, share=args.share)
+    settings = AppSettings.from_env(share=args.share)
+    for notice in settings.notices():
+        print(f"bedgen app: {notice}", flush=True)
+    build_app(settings).launch(
+        server_name=args.host, server_port=args.port, share=args.share,
+        auth=list(settings.auth) or None, max_file_size=f"{settings.max_upload_mb}mb",
+    )

@@ -6,17 +6,22 @@ import threading
 from collections import OrderedDict
 
 from ..pipeline import Pipeline, load
+from .security import ModelPolicy
 
 
 class PipelineCache:
-    def __init__(self, capacity: int):
+    """Every request's model goes through here, so the policy (what a public app may load)
+    is checked in one place and memory stays bounded by ``capacity`` pipelines."""
+
+    def __init__(self, capacity: int, policy: ModelPolicy | None = None):
         self.capacity = max(1, capacity)
+        self.policy = policy
         self._items: OrderedDict[str, Pipeline] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
     def get(self, ref: str) -> Pipeline:
-        ref = ref.strip()
+        ref = self.policy.check(ref) if self.policy is not None else ref.strip()
         with self._lock:
             if ref in self._items:
                 self._items.move_to_end(ref)

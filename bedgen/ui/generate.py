@@ -33,11 +33,11 @@ class GenerateOutput:
 
 def model_choices(settings: AppSettings) -> list[tuple[str, str]]:
     """(label, ref) pairs: local checkpoints first, then the curated Hub models."""
-    return [(f"{e.ref}  ({e.source})", e.ref) for e in all_models(settings.checkpoints)]
+    return [(f"{e.ref}  ({e.source})", e.ref) for e in all_models(settings.checkpoints, settings.hub_models)]
 
 
 def describe_model(ref: str, settings: AppSettings) -> str:
-    for entry in all_models(settings.checkpoints):
+    for entry in all_models(settings.checkpoints, settings.hub_models):
         if entry.ref == ref:
             return f"**{entry.ref}** ({entry.source}): {entry.description}"
     return f"**{ref}**: loaded on first use (local folder or Hub id)"

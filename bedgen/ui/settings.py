@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..registry import DEFAULT_MODEL, checkpoints_dir
+from ..registry import CURATED_HUB_MODELS, DEFAULT_MODEL, checkpoints_dir
+from .security import ModelPolicy, parse_auth
 
 
 def _env_int(name: str, default: int) -> int:
@@ -51,9 +52,29 @@ class AppSettings:
     inception_weights: Path | None = None  # None: torch-fidelity's standard file (downloaded once)
     max_eval_samples: int = 2000  # per evaluation request, enforced server-side
     lpips_weights: Path | None = None  # AlexNet backbone for the fine-tune report; None: torchvision's download
+    public: bool = False  # a Space, --share or BEDGEN_PUBLIC: see bedgen.ui.security
+    auth: tuple[tuple[str, str], ...] = ()  # (user, password) pairs; empty = no login
+    hub_models: tuple[str, ...] = tuple(entry.ref for entry in CURATED_HUB_MODELS)  # listed; the allow-list when public
+    max_upload_mb: float = 20.0  # per uploaded file, refused by the server before it is stored
+    training_requested: bool = True  # BEDGEN_ENABLE_TRAINING as given (public apps also need auth)
+
+    @property
+    def model_policy(self) -> ModelPolicy:
+        return ModelPolicy(self.checkpoints, self.public, self.hub_models)
+
+    def notices(self) -> list[str]:
+        """What the owner of a public app should know at start (never a secret)."""
+        if self.public and self.training_requested and not self.auth:
+            return ["the Train tab is off: a public app trains only with BEDGEN_ENABLE_TRAINING=1 and BEDGEN_AUTH set"]
+        return []
 
     @classmethod
-    def from_env(cls) -> "AppSettings":
+    def from_env(cls, share: bool = False) -> "AppSettings":
+        public = share or bool(os.environ.get("SPACE_ID")) or _env_flag("BEDGEN_PUBLIC", False)
+        auth = parse_auth(os.environ.get("BEDGEN_AUTH", ""))
+        # Training reads server folders and runs long jobs: off on a public app unless asked for and behind a login.
+        training_requested = _env_flag("BEDGEN_ENABLE_TRAINING", default=not public)
+        hub_models = tuple(m.strip() for m in os.environ.get("BEDGEN_HUB_MODELS", "").split(",") if m.strip())
         return cls(
             checkpoints=checkpoints_dir(),
             default_model=os.environ.get("BEDGEN_DEFAULT_MODEL", DEFAULT_MODEL),
@@ -73,6 +94,10 @@ class AppSettings:
             inception_weights=_env_path("BEDGEN_INCEPTION_WEIGHTS"),
             max_eval_samples=_env_int("BEDGEN_MAX_EVAL_SAMPLES", 2000),
             lpips_weights=_env_path("BEDGEN_LPIPS_WEIGHTS"),
-            # Off on a public Space (SPACE_ID is set there) unless explicitly enabled.
-            training_enabled=_env_flag("BEDGEN_ENABLE_TRAINING", default=not os.environ.get("SPACE_ID")),
+            public=public,
+            auth=auth,
+            hub_models=hub_models or tuple(entry.ref for entry in CURATED_HUB_MODELS),
+            max_upload_mb=_env_int("BEDGEN_MAX_UPLOAD_MB", 20),
+            training_requested=training_requested,
+            training_enabled=training_requested and (bool(auth) or not public),
         )

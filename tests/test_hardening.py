@@ -1,0 +1,349 @@
+"""Attacks on the running app through gradio_client: bad input to every endpoint, load, public mode.
+
+Every bad request must come back as a clear error (or, for unusual but valid images,
+as a result), and the next valid request must still succeed: nothing a client sends
+takes the app down or leaves it broken.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from conftest import AppProcess, build_room_index, make_tiny_checkpoint
+from synthetic import room, write_rooms
+
+# --- inputs the tests write ------------------------------------------------------------------
+
+
+def _png_header_bomb(path: Path, side: int = 20_000) -> Path:
+    """A valid PNG signature + IHDR claiming side x side RGB pixels, a tiny zlib stream: decoding
+    it would need 1.2 GB; a careful reader refuses it from the header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _room(seed: int = 0, size: int = 40) -> Image.Image:
+    import random
+
+    return room(random.Random(seed), size)
+
+
+def write_inputs(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    (folder / "text.png").write_bytes(b"this is not an image, whatever its name says\n" * 10)
+    files["not an image"] = folder / "text.png"
+    buffer = io.BytesIO()
+    _room(1).save(buffer, format="JPEG", quality=90)
+    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
+    files["truncated JPEG"] = folder / "truncated.jpg"
+    Image.new("RGB", (1, 1), "red").save(folder / "one.png")
+    files["1x1"] = folder / "one.png"
+    files["20000x20000 header bomb"] = _png_header_bomb(folder / "bomb.png")
+    rgba = _room(2).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "rgba.png")
+    files["RGBA"] = folder / "rgba.png"
+    Image.fromarray((np.asarray(_room(3).convert("L"), dtype=np.uint16) * 257)).save(folder / "sixteen.png")
+    files["16-bit PNG"] = folder / "sixteen.png"
+    _room(4).convert("L").save(folder / "gray.png")
+    files["grayscale"] = folder / "gray.png"
+    frames = [_room(5 + i) for i in range(3)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    files["animated GIF"] = folder / "anim.gif"
+    _room(9).save(folder / "good.png")
+    files["good"] = folder / "good.png"
+    return files
+
+
+BAD_IMAGES = {  # kind -> what the error must say
+    "not an image": "not an image",
+    "truncated JPEG": "(?i)truncated",
+    "1x1": "at least 8 pixels",
+    "20000x20000 header bomb": "megapixel limit|too large to decode",
+}
+ODD_BUT_VALID = ["RGBA", "16-bit PNG", "grayscale", "animated GIF"]
+
+
+@pytest.fixture(scope="module")
+def hard_app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hardening")
+    models = root / "checkpoints"
+    make_tiny_checkpoint(models / "tiny")
+    build_room_index(root)
+    (root / "secret").mkdir()
+    (root / "secret" / "passwords.txt").write_text("hunter2\n")
+    app = AppProcess(
+        {"BEDGEN_CHECKPOINTS": str(models), "BEDGEN_INDEXES": str(root / "indexes"),
+         "BEDGEN_REFERENCES": str(root / "references"), "BEDGEN_SWEEPS": str(root / "sweeps"),
+         "BEDGEN_DEFAULT_MODEL": str(models / "tiny"), "BEDGEN_MAX_IMAGES": "4", "BEDGEN_MAX_STEPS": "50",
+         "BEDGEN_MAX_UPLOAD_MB": "1", "BEDGEN_DATA_ROOTS": str(root / "data"), "HF_HUB_OFFLINE": "1",
+         "HF_TOKEN": "hf_secret_token_never_logged"},
+        cwd=root,
+    )
+    try:
+        app.wait_ready()
+        yield app, root, write_inputs(root / "inputs")
+    finally:
+        app.stop()
+
+
+def _valid_generate(client: Client, model: str) -> None:
+    gallery, _, text = client.predict(model, 1, 2, "auto", 1, False, api_name="/generate")
+    assert len(gallery) == 1 and "image(s) from" in text
+
+
+def _expect_error(call, pattern: str) -> None:
+    with pytest.raises(Exception, match=pattern):
+        call()
+
+
+# --- bad input, endpoint by endpoint ---------------------------------------------------------
+
+
+def test_generate_refuses_bad_numbers_and_refs_and_keeps_serving(hard_app):
+    app, root, _ = hard_app
+    client = Client(app.url, verbose=False)
+    model = str(root / "checkpoints" / "tiny")
+    cases = [  # (model, seed, steps, sampler, images) -> error
+        ((model, 1, 10**9, "auto", 1), "steps must be"),
+        ((model, 1, 2, "auto", 10**6), "number of images must be"),
+        ((model, -5, 2, "auto", 1), "seed"),
+        ((model, 1, -3, "auto", 1), "steps must be"),
+        ((model, 1, "abc", "auto", 1), "steps must be a whole number"),
+        ((model, 1, "nan", "auto", 1), "steps must be"),
+        ((model, 1, "1e400", "auto", 1), "steps must be"),
+        ((model, 1, 2.5, "auto", 1), "steps must be a whole number"),
+        ((model, 1, 2, "auto", 5), "number of images must be"),  # over BEDGEN_MAX_IMAGES=4, beyond the slider
+        (("../../secret", 1, 2, "auto", 1), "neither a local directory nor a Hub id|not a bedgen|no model"),
+        ((str(root / "secret"), 1, 2, "auto", 1), "secret"),
+        (("no-such-org/no-such-model", 1, 2, "auto", 1), "no-such-org/no-such-model"),
+        (("", 1, 2, "auto", 1), "choose a model"),
+        ((model, 1, 2, "blend", 1), "blend"),
+    ]
+    for args, pattern in cases:
+        _expect_error(lambda: client.predict(*args, False, api_name="/generate"), pattern)
+        _valid_generate(client, model)
+
+
+def _interpolate(client, model, a, b, **changes):
+    args = dict(t=0.5, frames=3, method="noise", steps=2, seed=0, weight=0.5)
+    args.update(changes)
+    return client.predict(model, handle_file(str(a)) if a else None, handle_file(str(b)) if b else None,
+                          args["t"], args["frames"], args["method"], args["steps"], args["seed"], args["weight"],
+                          api_name="/interpolate")
+
+
+def test_interpolate_refuses_bad_images_and_numbers_and_accepts_odd_valid_ones(hard_app):
+    app, root, files = hard_app
+    client = Client(app.url, verbose=False)
+    model = str(root / "checkpoints" / "tiny")
+    good = files["good"]
+    for kind, pattern in BAD_IMAGES.items():
+        _expect_error(lambda: _interpolate(client, model, files[kind], good), pattern)
+        _valid_generate(client, model)
+    for kind in ODD_BUT_VALID:
+        frames = _interpolate(client, model, files[kind], good)[0]
+        assert len(frames) == 3, kind
+    for changes, pattern in [({"t": 7}, "t"), ({"t": "abc"}, "t"), ({"frames": 10**6}, "frames"),
+                             ({"frames": -1}, "frames"), ({"steps": 10**9}, "steps"), ({"seed": -1}, "seed"),
+                             ({"method": "blend"}, "blend")]:
+        _expect_error(lambda: _interpolate(client, model, good, good, **changes), pattern)
+        _valid_generate(client, model)
+    _expect_error(lambda: _interpolate(client, model, None, good), "upload two images")
+    _expect_error(lambda: _interpolate(client, "../../etc", good, good), "etc")
+    _valid_generate(client, model)
+
+
+def test_interpolate_weight_refuses_bad_input(hard_app):
+    app, root, files = hard_app
+    client = Client(app.url, verbose=False)
+    model = str(root / "checkpoints" / "tiny")
+    good = str(files["good"])
+
+    def weight(a, value=0.5, steps=2):
+        return client.predict(model, handle_file(a), handle_file(good), 0.5, value, "noise", steps, 0,
+                              api_name="/interpolate_weight")
+
+    _expect_error(lambda: weight(str(files["not an image"])), "not an image")
+    _expect_error(lambda: weight(good, value="abc"), "weight|λ")
+    _expect_error(lambda: weight(good, steps=10**9), "steps")
+    image, _ = weight(good)
+    assert Path(image).is_file()
+
+
+def test_neighbours_refuses_bad_queries_indexes_and_k(hard_app):
+    app, root, files = hard_app
+    client = Client(app.url, verbose=False)
+    index = str(root / "indexes" / "rooms")
+
+    def search(query, index_name=index, k=3):
+        return client.predict(index_name, handle_file(str(query)) if query else None, k, api_name="/neighbours")
+
+    for kind, pattern in BAD_IMAGES.items():
+        _expect_error(lambda: search(files[kind]), pattern)
+    for kind in ODD_BUT_VALID:
+        gallery, _, _ = search(files[kind])
+        assert len(gallery) == 4, kind  # the query + 3 neighbours
+    for name in ["../../secret", str(root / "secret"), "../indexes/rooms/..", "no-such-index"]:
+        _expect_error(lambda: search(files["good"], index_name=name), "index")
+    for k in [0, -1, 10**6, "abc"]:
+        _expect_error(lambda: search(files["good"], k=k), "k must be")
+    _expect_error(lambda: search(None), "upload a query image")
+    gallery, _, _ = search(files["good"])
+    assert len(gallery) == 4
+
+
+def test_evaluate_and_sweep_report_refuse_traversal_and_bad_numbers(hard_app):
+    app, root, _ = hard_app
+    client = Client(app.url, verbose=False)
+    model = str(root / "checkpoints" / "tiny")
+
+    def evaluate(reference="../secret/passwords.txt", n=4, steps=2, seed=0, model_ref=model):
+        return client.predict(model_ref, reference, n, steps, "auto", ["fid"], seed, api_name="/evaluate")
+
+    for reference in ["../secret/passwords.txt", str(root / "secret" / "passwords.txt"), "/etc/passwd", ""]:
+        _expect_error(lambda: evaluate(reference=reference), "reference")
+    for changes, pattern in [({"n": 10**9}, "number of samples"), ({"n": 1}, "number of samples"),
+                             ({"steps": -1}, "steps"), ({"seed": -4}, "seed"), ({"model_ref": "x/../../y"}, "y")]:
+        _expect_error(lambda: evaluate(**changes), pattern)
+    for sweep in ["../secret", "/etc", "no-such-sweep"]:
+        # gradio checks dropdown values against the choices (the sweeps under BEDGEN_SWEEPS)
+        _expect_error(lambda: client.predict(sweep, api_name="/sweep_report"), "sweep|not in the list of choices")
+    _valid_generate(client, model)
+
+
+def test_uploads_over_the_size_limit_are_refused(hard_app, tmp_path):
+    app, root, _ = hard_app
+    client = Client(app.url, verbose=False)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 1_000_000  # over BEDGEN_MAX_UPLOAD_MB=1
+    index = str(root / "indexes" / "rooms")
+    _expect_error(lambda: client.predict(index, handle_file(str(big)), 3, api_name="/neighbours"),
+                  "(?i)size|large|limit")
+    _valid_generate(client, str(root / "checkpoints" / "tiny"))
+
+
+def test_describe_model_and_gallery_helpers_survive_junk(hard_app):
+    app, root, _ = hard_app
+    client = Client(app.url, verbose=False)
+    for junk in ["../../secret", "", "a" * 600]:
+        text = client.predict(junk, api_name="/describe_model")
+        assert isinstance(text, str)
+    assert client.predict([], api_name="/use_generated_a") is None
+    _valid_generate(client, str(root / "checkpoints" / "tiny"))
+
+
+def test_no_secret_reaches_the_log(hard_app):
+    app, _, _ = hard_app
+    log = app.log.read_text()
+    assert "hf_secret_token_never_logged" not in log and "hunter2" not in log
+
+
+# --- load --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def busy_app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("busy")
+    models = root / "checkpoints"
+    for i in range(3):
+        make_tiny_checkpoint(models / f"tiny-{i}", seed=i)
+    app = AppProcess(
+        {"BEDGEN_CHECKPOINTS": str(models), "BEDGEN_DEFAULT_MODEL": str(models / "tiny-0"),
+         "BEDGEN_CONCURRENCY": "1", "BEDGEN_QUEUE_SIZE": "8", "BEDGEN_MODEL_CACHE": "1", "HF_HUB_OFFLINE": "1"},
+        cwd=root,
+    )
+    try:
+        app.wait_ready()
+        yield app, models
+    finally:
+        app.stop()
+
+
+def test_twenty_concurrent_generates_succeed_or_are_cleanly_refused(busy_app):
+    app, models = busy_app
+
+    def one(i: int):
+        client = Client(app.url, verbose=False)
+        try:
+            gallery, _, _ = client.predict(str(models / f"tiny-{i % 3}"), i, 20, "auto", 2, False,
+                                           api_name="/generate")
+            return "ok" if len(gallery) == 2 else f"wrong count {len(gallery)}"
+        except Exception as e:  # noqa: BLE001 - the message is what is checked
+            return f"refused: {e}"
+
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = list(pool.map(one, range(20)))
+    ok = outcomes.count("ok")
+    refused = [o for o in outcomes if o != "ok"]
+    assert ok >= 8, outcomes  # the queue holds 8 and one runs: at least that many are served
+    assert all("queue" in o.lower() and "full" in o.lower() for o in refused), refused
+    # three models through a one-model cache: evicted, reloaded, and the app is still fine
+    gallery, _, _ = Client(app.url, verbose=False).predict(str(models / "tiny-1"), 0, 2, "auto", 1, False,
+                                                           api_name="/generate")
+    assert len(gallery) == 1
+
+
+# --- public mode --------------------------------------------------------------------------------
+
+
+def _public_app(root: Path, **env: str) -> AppProcess:
+    models = root / "checkpoints"
+    if not (models / "tiny").exists():
+        make_tiny_checkpoint(models / "tiny")
+        write_rooms(root / "data" / "rooms", 4, size=24)
+    app = AppProcess({"BEDGEN_CHECKPOINTS": str(models), "BEDGEN_DEFAULT_MODEL": str(models / "tiny"),
+                      "BEDGEN_DATA_ROOTS": str(root / "data"), "HF_HUB_OFFLINE": "1", **env}, cwd=root)
+    app.wait_ready()
+    return app
+
+
+def test_public_app_has_no_train_tab_without_auth(tmp_path):
+    outside = tmp_path / "elsewhere" / "tiny"
+    make_tiny_checkpoint(outside)
+    app = _public_app(tmp_path, SPACE_ID="someone/bedgen", BEDGEN_ENABLE_TRAINING="1")
+    try:
+        client = Client(app.url, verbose=False)
+        endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        assert "/train_start" not in endpoints and "/finetune_start" not in endpoints
+        assert "Train tab is off" in app.log.read_text()
+        # local models only from the checkpoints folder, Hub models only from the allow-list
+        _expect_error(lambda: client.predict(str(outside), 0, 2, "auto", 1, False, api_name="/generate"),
+                      "checkpoints folder only")
+        _expect_error(lambda: client.predict("someone/any-model", 0, 2, "auto", 1, False, api_name="/generate"),
+                      "not served by this app")
+        _valid_generate(client, str(tmp_path / "checkpoints" / "tiny"))
+    finally:
+        app.stop()
+
+
+def test_public_app_trains_only_behind_a_login(tmp_path):
+    app = _public_app(tmp_path, BEDGEN_PUBLIC="1", BEDGEN_ENABLE_TRAINING="1", BEDGEN_AUTH="alice:wonderland-42")
+    try:
+        with pytest.raises(Exception):
+            Client(app.url, verbose=False).view_api(print_info=False)  # no login, no API
+        client = Client(app.url, auth=("alice", "wonderland-42"), verbose=False)
+        endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        assert "/train_start" in endpoints
+        _expect_error(lambda: client.predict("/etc", "tiny", 16, 5, 4, 1e-3, "adamw", "r1", "",
+                                             api_name="/train_start"), "inside the data roots")
+        assert "wonderland-42" not in app.log.read_text()
+    finally:
+        app.stop()
