@@ -37,6 +37,7 @@ import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import RUN_JSON, CheckpointInfo, write_json
@@ -60,6 +61,10 @@ class TrainingDiverged(BedgenError):
     """The loss or the gradient became NaN/inf and the run was stopped."""
 
 
+class CheckpointWriteError(BedgenError):
+    """A checkpoint could not be written (e.g. a full disk); the previous one is kept."""
+
+
 @dataclass
 class TrainState:
     step: int = 0  # optimizer updates done
@@ -71,6 +76,11 @@ class TrainState:
     lr_scale: float = 1.0
     best_fid: float = math.inf
     best_fid_step: int = -1
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -226,7 +236,18 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------
 
     def train(self) -> Path:
-        """Train to max_steps (or until stopped); returns the last checkpoint directory."""
+        """Train to max_steps (or until stopped); returns the last checkpoint directory.
+
+        A write that fails (a full disk: checkpoint, status, metrics or preview) stops the
+        run with :class:`CheckpointWriteError`, naming the checkpoint that is kept."""
+        try:
+            return self._train()
+        except CheckpointWriteError:
+            raise
+        except OSError as e:
+            raise self._write_failed(None, e) from e
+
+    def _train(self) -> Path:
         self._install_signal_handlers()
         self._write_run_status("running")
         batches = self._batches()
@@ -613,13 +634,36 @@ class Trainer:
                 "data": self.data.describe(),
                 "metrics": self._metrics_of_this_step(),
             }
-            self.family.write_checkpoint(path, self.ema_model(), self.config, metadata,
-                                         extra=self._write_training_state)
+            try:
+                self.family.write_checkpoint(path, self.ema_model(), self.config, metadata,
+                                             extra=self._write_training_state)
+            except (OSError, SafetensorError) as e:  # the half-written copy is gone; the previous one stays
+                raise self._write_failed(path, e) from e
             self._write_run_status("running", latest=path)
             self._prune_checkpoints()
             self._emit({"event": "checkpoint", "step": self.state.step, "path": str(path)})
         self.accelerator.wait_for_everyone()
         return path
+
+    def _write_failed(self, path: Path | None, error: Exception) -> CheckpointWriteError:
+        import errno
+
+        # safetensors reports I/O errors as SafetensorError("... (os error 28)"), without an errno
+        full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+            mark in str(error) for mark in (f"os error {errno.ENOSPC})", f"os error {errno.EDQUOT})"))
+        latest = self.latest_checkpoint()
+        kept = (f"the previous checkpoint {latest.relative_to(self.run_dir)} is kept and loadable"
+                if latest is not None else "no earlier checkpoint exists")
+        what = f"checkpoint {path.name}" if path is not None else f"to the run folder {self.run_dir}"
+        message = (f"could not write {what}: {getattr(error, 'strerror', None) or _one_line(error)}"
+                   f"{' (the disk is full)' if full else ''}; {kept}. "
+                   f"{'Free some space, then' if full else 'Fix the cause, then'} resume with --resume.")
+        try:
+            self._write_run_status("failed", message=message)
+        except OSError:
+            pass  # the status file may not fit either; the exception still carries the message
+        self._emit({"event": "failed", "message": message})
+        return CheckpointWriteError(message)
 
     def _write_training_state(self, checkpoint_dir: Path) -> None:
         folder = checkpoint_dir / STATE_DIR

@@ -152,8 +152,21 @@ class FakeHub:
         self.endpoint: str | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._cuts = 0
 
     # ------------------------------------------------------------------ setup
+
+    def cut_downloads(self, count: int) -> None:
+        """The next ``count`` file downloads stop half-way (connection closed mid-body)."""
+        with self._lock:
+            self._cuts = count
+
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self._cuts <= 0:
+                return False
+            self._cuts -= 1
+            return True
 
     def add_repo(
         self,
@@ -422,6 +435,9 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(body)}"
                 status, body = 206, body[start : end + 1]
         headers["Content-Length"] = str(len(body))
+        if method == "GET" and "/resolve/" in url.path and status in (200, 206) and len(body) > 1 and hub._take_cut():
+            self._send_half(status, headers, body)
+            return
         try:
             self.send_response(status)
             for name, value in headers.items():
@@ -431,6 +447,22 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # client went away; nothing to do
+
+    def _send_half(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        """A download that fails half-way: the full Content-Length, half the bytes, then a closed socket."""
+        import socket
+
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.close_connection = True
 
     def log_message(self, format: str, *args) -> None:  # keep pytest output clean
         pass
