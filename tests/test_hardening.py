@@ -8,6 +8,7 @@ takes the app down or leaves it broken.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -345,5 +346,29 @@ def test_public_app_trains_only_behind_a_login(tmp_path):
         _expect_error(lambda: client.predict("/etc", "tiny", 16, 5, 4, 1e-3, "adamw", "r1", "",
                                              api_name="/train_start"), "inside the data roots")
         assert "wonderland-42" not in app.log.read_text()
+    finally:
+        app.stop()
+
+
+def test_spaces_gpu_decorator_is_used_when_the_package_is_present(tmp_path):
+    """On a ZeroGPU Space `spaces.GPU` must wrap the GPU events; a stand-in package records its calls."""
+    fake = tmp_path / "site" / "spaces"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import functools, os\n"
+        "def GPU(fn):\n"
+        "    @functools.wraps(fn)\n"
+        "    def wrapped(*args, **kwargs):\n"
+        "        with open(os.environ['SPACES_MARK'], 'a') as f:\n"
+        "            f.write(fn.__name__ + '\\n')\n"
+        "        return fn(*args, **kwargs)\n"
+        "    return wrapped\n"
+    )
+    mark = tmp_path / "gpu-calls.txt"
+    app = _public_app(tmp_path, PYTHONPATH=os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]),
+                      SPACES_MARK=str(mark), SPACE_ID="someone/bedgen")
+    try:
+        _valid_generate(Client(app.url, verbose=False), str(tmp_path / "checkpoints" / "tiny"))
+        assert mark.read_text().split() == ["on_generate"]
     finally:
         app.stop()

@@ -61,3 +61,14 @@ def gallery_image(gallery: Any, index: Any = 0) -> Any:
         i = 0
     item = gallery[i] if 0 <= i < len(gallery) else gallery[0]
     return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def on_gpu(fn: Any) -> Any:
+    """GPU work of an event. On a ZeroGPU Space the ``spaces`` package is installed and its
+    ``GPU`` decorator attaches a GPU for the duration of the call; elsewhere ``fn`` runs as is
+    (CUDA is then used whenever present, through bedgen's device selection)."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)

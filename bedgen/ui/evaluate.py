@@ -16,7 +16,7 @@ from ..metrics import METRICS, evaluate, parse_metrics, record_result
 from ..schedulers import ALL_SAMPLERS
 from ..sweep import find_sweeps
 from .cache import PipelineCache
-from .components import RawNumber, RawSlider
+from .components import RawNumber, RawSlider, on_gpu
 from .generate import AUTO, _whole, model_choices
 from .settings import AppSettings
 
@@ -192,7 +192,7 @@ def build_evaluate_tab(settings: AppSettings, cache: PipelineCache) -> None:
             raise gr.Error(f"evaluation failed: {type(e).__name__}: {e}") from e
         return out.summary, json.dumps(out.result, indent=2)
 
-    button.click(on_evaluate, [model, reference, num_samples, steps, sampler, metrics, seed], [summary, result],
+    button.click(on_gpu(on_evaluate), [model, reference, num_samples, steps, sampler, metrics, seed], [summary, result],
                  api_name="evaluate", concurrency_limit=settings.concurrency, concurrency_id="gpu")
     refresh.click(
         lambda: (gr.Dropdown(choices=model_choices(settings)),

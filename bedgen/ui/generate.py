@@ -16,7 +16,7 @@ from ..pipeline import MAX_SEED
 from ..registry import CURATED_HUB_MODELS, all_models
 from ..schedulers import ALL_SAMPLERS
 from .cache import PipelineCache
-from .components import RawNumber, RawSlider
+from .components import RawNumber, RawSlider, on_gpu
 from .settings import AppSettings
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache) -> dict[str,
         return out.gallery, out.trajectory, out.status
 
     button.click(
-        on_generate,
+        on_gpu(on_generate),
         [model, seed, steps, sampler, num_images, show_trajectory, step_size],
         [gallery, trajectory, status],
         api_name="generate",

@@ -17,7 +17,7 @@ from ..errors import BedgenError
 from ..interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS, InterpolationResult, interpolate
 from ..pipeline import MAX_SEED
 from .cache import PipelineCache
-from .components import ImageUpload, RawNumber, RawSlider, gallery_image
+from .components import ImageUpload, RawNumber, RawSlider, gallery_image, on_gpu
 from .generate import _whole, model_choices
 from .settings import AppSettings
 
@@ -175,13 +175,13 @@ def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, generated
         return run_weight(cache, model_ref, a, b, t_value, w, method_name, steps_value, seed_value, report)
 
     button.click(
-        _errors_to_ui(on_run, "interpolation"),
+        on_gpu(_errors_to_ui(on_run, "interpolation")),
         [model, image_a, image_b, t, frames, method, steps, seed, weight],
         [gallery, middle, gif, strip, status],
         api_name="interpolate", concurrency_limit=settings.concurrency, concurrency_id="gpu",
     )
     weight.release(
-        _errors_to_ui(on_weight, "interpolation"),
+        on_gpu(_errors_to_ui(on_weight, "interpolation")),
         [model, image_a, image_b, t, weight, method, steps, seed],
         [middle, status],
         api_name="interpolate_weight", concurrency_limit=settings.concurrency, concurrency_id="gpu",
