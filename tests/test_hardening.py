@@ -372,3 +372,64 @@ def test_spaces_gpu_decorator_is_used_when_the_package_is_present(tmp_path):
         assert mark.read_text().split() == ["on_generate"]
     finally:
         app.stop()
+
+
+# --- the policy and the cache, without a server ------------------------------------------------
+
+
+def test_model_policy_confines_local_models_and_hub_ids(tmp_path):
+    from bedgen.errors import BedgenError
+    from bedgen.ui.security import ModelPolicy
+
+    checkpoints = tmp_path / "checkpoints"
+    make_tiny_checkpoint(checkpoints / "inside")
+    make_tiny_checkpoint(tmp_path / "outside")
+    (checkpoints / "link-out").symlink_to(tmp_path / "outside")  # a link that leaves the folder
+    (checkpoints / "link-in").symlink_to(checkpoints / "inside")
+    public = ModelPolicy(checkpoints, public=True, hub_allow=("google/ddpm-ema-bedroom-256", "bedgen-org/*"))
+    assert public.check(str(checkpoints / "inside")) == str(checkpoints / "inside")
+    assert public.check(str(checkpoints / "link-in"))
+    for ref in [str(tmp_path / "outside"), str(checkpoints / "link-out"), str(checkpoints / ".." / "outside")]:
+        with pytest.raises(BedgenError, match="checkpoints folder only"):
+            public.check(ref)
+    assert public.check("google/ddpm-ema-bedroom-256") and public.check("bedgen-org/any@v1")
+    for ref in ["someone/else", "google/ddpm-bedroom-256"]:
+        with pytest.raises(BedgenError, match="not served by this app"):
+            public.check(ref)
+    for ref in ["", "   ", None, 5, "x" * 600, "a\x00b"]:
+        with pytest.raises(BedgenError):
+            public.check(ref)
+    private = ModelPolicy(checkpoints, public=False)
+    assert private.check(str(tmp_path / "outside")) and private.check("someone/else")
+
+
+def test_pipeline_cache_keeps_memory_bounded(tmp_path):
+    from bedgen.ui.cache import PipelineCache
+
+    refs = [str(make_tiny_checkpoint(tmp_path / f"m{i}", seed=i)) for i in range(4)]
+    cache = PipelineCache(2)
+    for ref in refs:
+        cache.get(ref)
+    assert len(cache) == 2 and refs[3] in cache and refs[2] in cache and refs[0] not in cache
+    cache.get(refs[2])  # used again: now the most recent
+    cache.get(refs[0])
+    assert refs[2] in cache and refs[3] not in cache
+
+
+def test_public_settings_need_auth_for_training(monkeypatch):
+    from bedgen.ui.settings import AppSettings
+
+    for name in ["SPACE_ID", "BEDGEN_PUBLIC", "BEDGEN_AUTH", "BEDGEN_ENABLE_TRAINING"]:
+        monkeypatch.delenv(name, raising=False)
+    assert AppSettings.from_env().training_enabled and not AppSettings.from_env().public
+    assert not AppSettings.from_env(share=True).training_enabled
+    monkeypatch.setenv("SPACE_ID", "someone/bedgen")
+    monkeypatch.setenv("BEDGEN_ENABLE_TRAINING", "1")
+    settings = AppSettings.from_env()
+    assert settings.public and not settings.training_enabled and "BEDGEN_AUTH" in settings.notices()[0]
+    monkeypatch.setenv("BEDGEN_AUTH", "alice:pw-1")
+    assert AppSettings.from_env().training_enabled
+    monkeypatch.setenv("BEDGEN_AUTH", "no-colon")
+    with pytest.raises(SystemExit) as exit_info:
+        AppSettings.from_env()
+    assert "no-colon" not in str(exit_info.value)  # a malformed secret is not echoed
