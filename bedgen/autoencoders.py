@@ -116,13 +116,28 @@ def load_autoencoder_folder(folder: Path, ref: str) -> Autoencoder:
 def encode(model: Autoencoder, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Unscaled latents of images in [-1, 1]: a posterior sample (KL, when a generator is
     given), the posterior mean (KL, no generator) or the pre-quantisation output (VQ)."""
+    return latents_from(posterior_parameters(model, x), kind_of(model), generator)
+
+
+def posterior_parameters(model: Autoencoder, x: torch.Tensor) -> torch.Tensor:
+    """What the encoder says about each image: (mean, std) stacked on channels for KL
+    (2C channels), the pre-quantisation latent for VQ (C channels)."""
     if isinstance(model, VQModel):
         return model.encode(x).latents
     posterior = model.encode(x).latent_dist
+    return torch.cat([posterior.mean, posterior.std], dim=1)
+
+
+def latents_from(parameters: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Latents from :func:`posterior_parameters`: z = μ + σ·ε with ε ~ N(0, I) drawn from
+    ``generator`` (the reparameterisation, Kingma & Welling 2013, Eq. 10), μ without one; VQ as is."""
+    if kind == "vq":
+        return parameters
+    mean, std = parameters.chunk(2, dim=1)
     if generator is None:
-        return posterior.mean
-    noise = torch.randn(posterior.mean.shape, generator=generator, device=generator.device)
-    return posterior.mean + posterior.std * noise.to(posterior.mean.dtype)
+        return mean
+    noise = torch.randn(mean.shape, generator=generator, device=generator.device)
+    return mean + std * noise.to(mean.dtype)
 
 
 def decode(model: Autoencoder, z: torch.Tensor) -> torch.Tensor:

@@ -236,6 +236,10 @@ class LatentConfig:
     scaling_factor: float | None = None
     downsample_factor: int = 4  # f; checked against the autoencoder
     sample_posterior: bool = True  # train on z ~ q(z|x) (KL) rather than its mean
+    # Encode the training set once before step 0 (and its mirror images with data.flip) and
+    # train on the stored posteriors: the frozen encoder no longer runs every step. Held in
+    # memory, fp32: N x (2 with flips) x 2C x (R/f)^2 x 4 bytes; rebuilt when a run resumes.
+    cache: bool = False
 
 
 @dataclass

@@ -360,15 +360,17 @@ class Trainer:
     def _to_model_input(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images in [-1, 1] and their loss weights (1, or 1 and λ for fine-tuning pairs)."""
+        """What the loss sees (pixels in [-1, 1], or latents) and the loss weights (1, or 1 and λ for pairs)."""
         failed = batch["index"][~batch["ok"]]
         self.failed_indices.update(int(i) for i in failed)
         images = batch["image"].flatten(0, -4)  # (B, 2, C, H, W) pairs -> (2B, C, H, W)
         weights = batch["weight"].flatten() if "weight" in batch else torch.ones(len(images))
-        x0 = images.to(self.device, non_blocking=True).float() / 127.5 - 1  # [0, 255] -> [-1, 1]
+        images = images.to(self.device, non_blocking=True)
+        flip = None
         if self.config.data.flip:
-            flip = torch.rand(x0.shape[0], generator=generator, device=self.device) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            flip = torch.rand(images.shape[0], generator=generator, device=self.device) < 0.5
+        rows = batch["index"] if images_of(self.data) is self.data else None  # fine-tuning pairs: no rows
+        x0 = self.family.inputs(images, generator, flip=flip, indices=rows)
         return x0, weights.to(self.device)
 
     def _clip_gradients(self) -> float:
@@ -412,7 +414,7 @@ class Trainer:
         n = min(len(self.val_data), 512)
         for start in range(0, n, self.config.train.batch_size):
             items = [self.val_data[i] for i in range(start, min(start + self.config.train.batch_size, n))]
-            x0 = torch.stack([item["image"] for item in items]).to(self.device).float() / 127.5 - 1
+            x0 = self.family.inputs(torch.stack([item["image"] for item in items]).to(self.device), generator)
             losses.append(self.family.loss(model, x0, generator)[2].float().cpu())
         return float(torch.cat(losses).mean())
 

@@ -31,6 +31,15 @@ class FamilyHooks:
     def observe(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """See the (all-process) losses of a step, e.g. for importance sampling of t."""
 
+    def inputs(self, images: torch.Tensor, generator: torch.Generator, flip: torch.Tensor | None = None,
+               indices: torch.Tensor | None = None) -> torch.Tensor:
+        """What the loss sees, from uint8 images (B, 3, R, R): pixels in [-1, 1], mirrored where
+        ``flip``. ``indices`` (training-set rows) let a family use what it computed in prepare()."""
+        x = images.float() / 127.5 - 1  # [0, 255] -> [-1, 1]
+        if flip is not None:
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -28,15 +28,19 @@ class LatentDiffusionFamily(DiffusionFamily):
     def __init__(self, config: BedgenConfig):
         super().__init__(config)
         self._autoencoder: ae.Autoencoder | None = None
+        self._cache: LatentCache | None = None
 
     def prepare(self, dataset: Any) -> None:
-        """Load the autoencoder, check it fits the UNet, and fix the latent scale from the data."""
+        """Load the autoencoder, check it fits the UNet, fix the latent scale from the data
+        and, with ``latent.cache``, encode the training set once."""
         model = self._load_checked()
         latent = self.config.latent
         if latent.scaling_factor is None:
             latent.scaling_factor = scale_from_data(model, dataset)
         model.register_to_config(scaling_factor=float(latent.scaling_factor))
         self._autoencoder = model
+        if latent.cache:
+            self._cache = LatentCache.build(model, dataset, mirrored=self.config.data.flip)
 
     def _load_checked(self) -> ae.Autoencoder:
         latent = self.config.latent
@@ -63,10 +67,51 @@ class LatentDiffusionFamily(DiffusionFamily):
         with torch.no_grad():
             return ae.encode(model, x, use).float() * float(self.config.latent.scaling_factor)
 
-    def loss(
-        self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return super().loss(model, self.encode(x0, generator), generator)
+    def inputs(self, images: torch.Tensor, generator: torch.Generator, flip: torch.Tensor | None = None,
+               indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latents: from the cache for training rows, else by encoding the pixels.
+        Both draw the posterior sample from ``generator`` the same way, so a cached run
+        follows the same loss curve as an uncached one."""
+        if self._cache is None or indices is None:
+            return self.encode(super().inputs(images, generator, flip), generator)
+        parameters = self._cache.lookup(indices, flip).to(images.device)
+        use = generator if self.config.latent.sample_posterior else None
+        z = ae.latents_from(parameters, self.config.latent.kind, use)
+        return z.float() * float(self.config.latent.scaling_factor)
+
+
+class LatentCache:
+    """Posterior parameters of every training image (and of its mirror image), row i = dataset[i]."""
+
+    def __init__(self, parameters: torch.Tensor):
+        self.parameters = parameters  # (N, 1 or 2 views, channels, h, w)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: ae.Autoencoder, dataset: Any, mirrored: bool, batch_size: int = 32,
+              progress: bool = True) -> "LatentCache":
+        from tqdm import tqdm
+
+        rows = []
+        device = next(model.parameters()).device
+        bar = tqdm(total=len(dataset), desc="encoding latents", unit="img", dynamic_ncols=True, disable=not progress)
+        for start in range(0, len(dataset), batch_size):
+            stop = min(start + batch_size, len(dataset))
+            x = torch.stack([dataset[i]["image"] for i in range(start, stop)]).to(device).float() / 127.5 - 1
+            views = [x, x.flip(-1)] if mirrored else [x]
+            rows.append(torch.stack([ae.posterior_parameters(model, v).float().cpu() for v in views], dim=1))
+            bar.update(stop - start)
+        bar.close()
+        return cls(torch.cat(rows))
+
+    def __len__(self) -> int:
+        return len(self.parameters)
+
+    def lookup(self, indices: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
+        rows = self.parameters[indices.long().cpu()]
+        if flip is None or rows.shape[1] == 1:
+            return rows[:, 0]
+        return torch.where(flip.cpu()[:, None, None, None], rows[:, 1], rows[:, 0])
 
 
 def check_fits(model: ae.Autoencoder, config: BedgenConfig) -> None:
