@@ -433,3 +433,69 @@ def test_public_settings_need_auth_for_training(monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         AppSettings.from_env()
     assert "no-colon" not in str(exit_info.value)  # a malformed secret is not echoed
+
+
+# --- every endpoint, every parameter ----------------------------------------------------------
+
+JUNK_NUMBERS = [10**12, -1, "abc", "nan", "1e400", ""]
+JUNK_TEXT = ["../../secret", "/etc/passwd", "no-such-org/no-such-model", "", "x" * 2000, "a\x00b"]
+
+
+def _baselines(root: Path, files: dict[str, Path]) -> dict[str, list]:
+    """A valid call of each endpoint that takes input (the junk replaces one argument at a time)."""
+    model, index, good = str(root / "checkpoints" / "tiny"), str(root / "indexes" / "rooms"), str(files["good"])
+    return {
+        "/generate": [model, 1, 2, "auto", 1, False, 0.0],
+        "/describe_model": [model],
+        "/interpolate": [model, handle_file(good), handle_file(good), 0.5, 3, "noise", 2, 0, 0.5],
+        "/interpolate_weight": [model, handle_file(good), handle_file(good), 0.5, 0.5, "noise", 2, 0],
+        "/neighbours": [index, handle_file(good), 3],
+        "/neighbours_of_generated": [index, handle_file(good), 3],
+        "/evaluate": [model, "ref.npz", 4, 2, "auto", ["fid"], 0],
+        "/sweep_report": ["sweep"],
+        "/train_start": [str(root / "data" / "rooms"), "tiny", 16, 2, 4, 1e-3, "adamw", "fuzz-run", ""],
+        "/finetune_start": [model, str(root / "data" / "rooms"), 1.0, 2, 2, 2, 1e-4, "fuzz-ft"],
+    }
+
+
+def _junk_for(value, files: dict[str, Path]) -> list:
+    if isinstance(value, dict):  # an uploaded file
+        return [handle_file(str(files[kind])) for kind in BAD_IMAGES] + [None]
+    if isinstance(value, bool):
+        return ["yes", 7]
+    if isinstance(value, (int, float)):
+        return JUNK_NUMBERS
+    if isinstance(value, list):
+        return [["bogus"], "fid"]
+    return JUNK_TEXT + [12345]
+
+
+def test_every_endpoint_survives_junk_in_every_argument(hard_app):
+    """Each argument of each endpoint gets junk of its kind; every reply is a result or an error
+    that says something (no bare 'Error', no traceback), and generation works after each endpoint."""
+    app, root, files = hard_app
+    client = Client(app.url, verbose=False)
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    baselines = _baselines(root, files)
+    model = str(root / "checkpoints" / "tiny")
+    calls = 0
+    for name, info in endpoints.items():
+        base = baselines.get(name)
+        if base is None:
+            assert not [p for p in info["parameters"] if not p.get("parameter_has_default")], f"{name} needs a baseline"
+            variants = [[]]
+        else:
+            assert len(base) == len(info["parameters"]), name
+            variants = [base[:i] + [junk] + base[i + 1:] for i, value in enumerate(base) for junk in _junk_for(value, files)]
+        for args in variants:
+            calls += 1
+            try:
+                client.predict(*args, api_name=name)
+            except Exception as e:  # noqa: BLE001 - the message is what is checked
+                message = str(e)
+                assert len(message) > 15 and "Traceback" not in message, (name, args, message)
+        if name == "/train_start" or name == "/finetune_start":
+            client.predict(api_name="/train_stop")
+        _valid_generate(client, model)
+    assert calls >= 150, calls
+    assert not (root / "checkpoints" / "fuzz-run").exists()  # no junk variant started a run
