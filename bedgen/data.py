@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image
 
-from .errors import BedgenError
+from .errors import BedgenError, one_line
 from .hub import hub_offline, parse_hub_ref
 
 Square = Literal["crop", "pad-white"]
@@ -391,7 +391,7 @@ def _open_lmdb(path: Path) -> _LmdbReader:
     try:
         reader = _LmdbReader(path)
     except lmdb.Error as e:
-        raise BedgenError(f"cannot open LMDB {path}: {_one_line(e)}") from e
+        raise BedgenError(f"cannot open LMDB {path}: {one_line(e)}") from e
     _check_lsun(reader)
     return reader
 
@@ -450,7 +450,7 @@ def _open_huggingface(source: str, config: DataConfig, local_tables: bool) -> _H
         try:
             loaded = _load_hf(datasets, source, path, local_tables)
         except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:
-            raise BedgenError(f"{_hf_failure(source, local_tables)}: {_one_line(e)}") from e
+            raise BedgenError(f"{_hf_failure(source, local_tables)}: {one_line(e)}") from e
     split, dataset = _pick_split(source, loaded)
     if len(dataset) == 0:
         raise BedgenError(f"dataset '{source}' split '{split}' is empty: no images found")
@@ -582,7 +582,7 @@ def _read_meta(root: Path) -> dict[str, Any] | None:
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise BedgenError(f"{path} is not valid JSON ({_one_line(e)}); delete the folder, prepare again") from e
+        raise BedgenError(f"{path} is not valid JSON ({one_line(e)}); delete the folder, prepare again") from e
     if not isinstance(meta, dict) or meta.get("format") != SHARDS_FORMAT:
         return None
     if meta.get("format_version") != SHARDS_VERSION:
@@ -668,7 +668,7 @@ class ImageDataset(torch.utils.data.Dataset):
         except Exception as e:  # a corrupt item must never stop training or kill a worker
             self._bad.add(j)
             if len(self._bad) <= 10:
-                log.warning("skipping unreadable image %s: %s", self.key(j), _one_line(e))
+                log.warning("skipping unreadable image %s: %s", self.key(j), one_line(e))
             return None
 
     def encoding(self, i: int) -> str | None:
@@ -854,7 +854,7 @@ def _write_shard(
         try:
             return reader.load(int(j), resolution, square)
         except Exception as e:  # corrupt images are skipped and recorded, not fatal
-            log.warning("skipping unreadable image %s: %s", reader.key(int(j)), _one_line(e))
+            log.warning("skipping unreadable image %s: %s", reader.key(int(j)), one_line(e))
             return None
 
     images = np.empty((len(chunk), 3, resolution, resolution), dtype=np.uint8)
@@ -904,11 +904,6 @@ def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 __all__ = ["DataConfig", "ImageDataset", "Square", "decode", "open_dataset", "prepare", "preprocess", "subset_size"]

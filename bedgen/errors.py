@@ -13,3 +13,9 @@ class BedgenError(Exception):
 
 class ModelNotFoundError(BedgenError):
     """A model REF that is neither a local checkpoint nor a reachable Hub repo."""
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BedgenError, ModelNotFoundError
+from .errors import BedgenError, ModelNotFoundError, one_line
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 # Files an inference load may need; weights in pickle form are fetched only if no
@@ -99,17 +99,12 @@ def download(hub: HubRef, needs_pickle: bool, patterns: list[str] | None = None)
             "or pass a local checkpoint directory"
         ) from e
     except (OSError, ValueError) as e:  # network failures surface as OSError subclasses
-        raise ModelNotFoundError(f"could not download model '{hub}': {_one_line(e)}") from e
+        raise ModelNotFoundError(f"could not download model '{hub}': {one_line(e)}") from e
     except Exception as e:  # httpx errors do not share a base class with OSError
         if type(e).__module__.startswith(("httpx", "httpcore", "huggingface_hub")):
-            raise ModelNotFoundError(f"could not download model '{hub}': {_one_line(e)}") from e
+            raise ModelNotFoundError(f"could not download model '{hub}': {one_line(e)}") from e
         raise
     return Path(path)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 __all__ = ["HubRef", "parse_hub_ref", "resolve_ref", "download", "BedgenError"]

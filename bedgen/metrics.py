@@ -56,9 +56,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .data import DataConfig, ImageDataset, _atomic_write, _one_line, open_dataset
+from .data import DataConfig, ImageDataset, _atomic_write, open_dataset
 from .device import resolve_device
-from .errors import BedgenError
+from .errors import BedgenError, one_line
 
 # progress(done, total, stage): stage "reference" counts data-source images turned into
 # features, stage "samples" counts generated images turned into features.
@@ -150,7 +150,7 @@ def _weights_path(weights: str | os.PathLike[str] | None) -> Path:
             torch.hub.download_url_to_file(STANDARD_WEIGHTS_URL, str(path), STANDARD_WEIGHTS_SHA256_PREFIX)
         except Exception as e:  # offline, proxy, truncated download: one fix for all
             raise BedgenError(
-                f"cannot download the standard Inception weights ({_one_line(e)}); on an offline machine "
+                f"cannot download the standard Inception weights ({one_line(e)}); on an offline machine "
                 + WEIGHTS_HINT
             ) from None
     return path
@@ -163,7 +163,7 @@ def _check_weights_file(path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, or a pickle with code in it
-        raise BedgenError(f"cannot read Inception weights {path} ({_one_line(e)}); {WEIGHTS_HINT}") from None
+        raise BedgenError(f"cannot read Inception weights {path} ({one_line(e)}); {WEIGHTS_HINT}") from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BedgenError(f"Inception weights {path} hold no state dict of tensors; {WEIGHTS_HINT}")
 
@@ -176,7 +176,7 @@ def _build_extractor(path: Path) -> torch.nn.Module:
             warnings.simplefilter("ignore")  # torch.load's weights_only notice, raised inside torch-fidelity
             return FeatureExtractorInceptionV3(EXTRACTOR_NAME, [POOL, LOGITS], feature_extractor_weights_path=str(path))
     except RuntimeError as e:  # load_state_dict: missing/unexpected keys, wrong shapes
-        raise BedgenError(f"{path} is not torch-fidelity's InceptionV3 weights ({_one_line(e)}); {WEIGHTS_HINT}") from None
+        raise BedgenError(f"{path} is not torch-fidelity's InceptionV3 weights ({one_line(e)}); {WEIGHTS_HINT}") from None
 
 
 @contextlib.contextmanager
@@ -284,7 +284,7 @@ class ReferenceStats:
         except BedgenError:
             raise
         except Exception as e:  # not a zip, pickled object arrays, truncated file
-            raise BedgenError(f"cannot read reference statistics {path} ({_one_line(e)})") from None
+            raise BedgenError(f"cannot read reference statistics {path} ({one_line(e)})") from None
         if meta is None:
             meta = _foreign_meta(path, features)
         stats = cls(mu, sigma, features, meta, path)

@@ -82,9 +82,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import DataConfig, ImageDataset, _atomic_write, _one_line, commit_shards, decode, open_dataset, preprocess
+from .data import DataConfig, ImageDataset, _atomic_write, commit_shards, decode, open_dataset, preprocess
 from .device import resolve_device
-from .errors import BedgenError
+from .errors import BedgenError, one_line
 from .images import load_image
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def _read_backbone(net: str, path: Path | None) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)  # no code runs from a pickle
     except Exception as e:  # any reader failure means the same thing to the user
-        raise BedgenError(f"cannot read LPIPS backbone weights {path} ({_one_line(e)}); {hint}") from None
+        raise BedgenError(f"cannot read LPIPS backbone weights {path} ({one_line(e)}); {hint}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BedgenError(f"{path} holds no state dict of tensors; {hint}")
     return _feature_keys(state)
@@ -285,7 +285,7 @@ def _pretrained_backbone(net: str) -> dict[str, torch.Tensor]:
         return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as e:  # offline, proxy, corrupt cache: all need the same fix
         raise BedgenError(
-            f"cannot get torchvision's pretrained {_TORCHVISION[net]} weights ({_one_line(e)}); on an offline "
+            f"cannot get torchvision's pretrained {_TORCHVISION[net]} weights ({one_line(e)}); on an offline "
             f"machine pass --lpips-weights PATH with a torchvision {_TORCHVISION[net]} state dict "
             f"(.safetensors or .pth, e.g. torchvision.models.{_TORCHVISION[net]}(weights='DEFAULT').state_dict())"
         ) from None
@@ -451,7 +451,7 @@ class _Projection:
         except FileNotFoundError:
             raise BedgenError(f"{path} is missing; the index is damaged, build it again into a new folder") from None
         except (OSError, ValueError, KeyError) as e:
-            raise BedgenError(f"{path} is damaged ({_one_line(e)}); build the index again into a new folder") from None
+            raise BedgenError(f"{path} is damaged ({one_line(e)}); build the index again into a new folder") from None
         if projection.mean.shape != (dim,) or projection.components.shape[1:] != (dim,):
             raise BedgenError(f"{path} does not match the index's dimension {dim}; build the index again")
         return projection
@@ -782,7 +782,7 @@ class _Shard:
             try:
                 keys = json.loads(self._keys_path.read_text())
             except (OSError, ValueError) as e:
-                raise BedgenError(f"{self._keys_path} is missing or damaged ({_one_line(e)}); "
+                raise BedgenError(f"{self._keys_path} is missing or damaged ({one_line(e)}); "
                                   "build the index again") from None
             if not isinstance(keys, list) or len(keys) != self.count:
                 raise BedgenError(f"{self._keys_path} does not list {self.count} keys; build the index again")
@@ -796,7 +796,7 @@ def _load_array(path: Path, dtype: Any, shape: tuple[int, ...], mmap: bool) -> n
     except FileNotFoundError:
         raise BedgenError(f"{path} is missing; the index is damaged, build it again into a new folder") from None
     except (OSError, ValueError) as e:
-        raise BedgenError(f"{path} is damaged ({_one_line(e)}); build the index again into a new folder") from None
+        raise BedgenError(f"{path} is damaged ({one_line(e)}); build the index again into a new folder") from None
     if array.dtype != np.dtype(dtype) or array.shape != shape:
         raise BedgenError(f"{path} holds {array.dtype} {array.shape}, expected {np.dtype(dtype)} {shape}; "
                           "build the index again into a new folder")
@@ -814,7 +814,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(file.read_text())
     except (OSError, ValueError) as e:
-        raise BedgenError(f"{file} is not valid JSON ({_one_line(e)}); "
+        raise BedgenError(f"{file} is not valid JSON ({one_line(e)}); "
                           "delete the folder and build the index again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
         raise BedgenError(f"{path} is not an LPIPS index ({MANIFEST} of another format)")
@@ -1104,7 +1104,7 @@ class LpipsIndex:
         try:
             return decode(path.read_bytes(), self.resolution, self.square)  # what the folder reader does
         except Exception as e:  # missing, unreadable or no longer an image
-            raise BedgenError(f"indexed image {path} can no longer be read ({_one_line(e)}); the source changed "
+            raise BedgenError(f"indexed image {path} can no longer be read ({one_line(e)}); the source changed "
                               f"since the index was built: rebuild it with bedgen index --out {self.path}") from None
 
     def _source_dataset(self) -> ImageDataset:
@@ -1218,7 +1218,7 @@ def _query_pixels(images: Any, resolution: int, square: str) -> np.ndarray:
         try:
             arrays.append(preprocess(opened, resolution, square))
         except (OSError, ValueError) as e:
-            raise BedgenError(f"{name} could not be converted to RGB ({_one_line(e)})") from None
+            raise BedgenError(f"{name} could not be converted to RGB ({one_line(e)})") from None
         finally:
             if opened is not image:
                 opened.close()

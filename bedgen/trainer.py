@@ -45,7 +45,7 @@ from .config import BedgenConfig
 from .data import ImageDataset, open_dataset
 from .finetune import images_of, open_training_data
 from .device import cpu_has_bf16
-from .errors import BedgenError
+from .errors import BedgenError, one_line
 from .families import get_family
 from .families.base import as_saved  # noqa: F401  (re-exported: part of the trainer API)
 from .images import grid
@@ -76,11 +76,6 @@ class TrainState:
     lr_scale: float = 1.0
     best_fid: float = math.inf
     best_fid_step: int = -1
-
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -657,7 +652,7 @@ class Trainer:
         kept = (f"the previous checkpoint {latest.relative_to(self.run_dir)} is kept and loadable"
                 if latest is not None else "no earlier checkpoint exists")
         what = f"checkpoint {path.name}" if path is not None else f"to the run folder {self.run_dir}"
-        message = (f"could not write {what}: {getattr(error, 'strerror', None) or _one_line(error)}"
+        message = (f"could not write {what}: {getattr(error, 'strerror', None) or one_line(error)}"
                    f"{' (the disk is full)' if full else ''}; {kept}. "
                    f"{'Free some space, then' if full else 'Fix the cause, then'} resume with --resume.")
         try:

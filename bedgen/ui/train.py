@@ -26,6 +26,7 @@ from ..config import PRESETS
 from ..errors import BedgenError
 from ..hub import parse_hub_ref
 from .components import RawNumber, RawSlider
+from .security import inside
 from .settings import AppSettings
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,63}$")
@@ -198,7 +199,7 @@ def _check_model_ref(settings: AppSettings, ref: Any, what: str) -> str:
     root = settings.checkpoints.resolve()
     local = (root / text).resolve()  # an absolute text replaces root; resolve() follows links
     if local.exists():
-        if local != root and root not in local.parents:
+        if not inside(local, root):
             raise BedgenError(f"{what} must be inside the checkpoints folder {root}")
         return str(local)
     if parse_hub_ref(text) is None or ".." in text:
@@ -229,7 +230,7 @@ def _check_data_source(settings: AppSettings, data: Any) -> str:
     if candidate.is_absolute() or candidate.exists():
         resolved = candidate.resolve()  # follows symlinks, so a link cannot escape the roots
         roots = [root.resolve() for root in settings.data_roots]
-        if not any(resolved == root or root in resolved.parents for root in roots):
+        if not any(inside(resolved, root) for root in roots):
             allowed = ", ".join(str(r) for r in roots) or "(none configured)"
             raise BedgenError(f"data folder must be inside the data roots: {allowed} (BEDGEN_DATA_ROOTS)")
         if not resolved.exists():
