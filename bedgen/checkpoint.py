@@ -33,7 +33,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from . import __version__
 from .config import BedgenConfig
 from .errors import BedgenError, ModelNotFoundError
-from .hub import download, parse_hub_ref, resolve_ref
+from .hub import download, inside, parse_hub_ref, resolve_ref
 
 BEDGEN_JSON = "bedgen.json"
 RUN_JSON = "bedgen-run.json"  # a training run folder: its "latest" names the newest checkpoint
@@ -234,6 +234,8 @@ def latest_in_run(path: Path) -> Path:
     latest = json.loads(run_file.read_text()).get("latest")
     if not latest or not (path / latest).is_dir():
         raise ModelNotFoundError(f"training run '{path}' has no checkpoint yet; wait for the first one")
+    if not inside(path / latest, path):  # a run from the Hub must not point at a folder on this machine
+        raise ModelNotFoundError(f"training run '{path.name}' names a latest checkpoint outside its folder")
     return path / latest
 
 

@@ -387,7 +387,7 @@ def test_model_policy_confines_local_models_and_hub_ids(tmp_path):
     (checkpoints / "link-out").symlink_to(tmp_path / "outside")  # a link that leaves the folder
     (checkpoints / "link-in").symlink_to(checkpoints / "inside")
     public = ModelPolicy(checkpoints, public=True, hub_allow=("google/ddpm-ema-bedroom-256", "bedgen-org/*"))
-    assert public.check(str(checkpoints / "inside")) == str(checkpoints / "inside")
+    assert public.check(str(checkpoints / "inside")) == str((checkpoints / "inside").resolve())
     assert public.check(str(checkpoints / "link-in"))
     for ref in [str(tmp_path / "outside"), str(checkpoints / "link-out"), str(checkpoints / ".." / "outside")]:
         with pytest.raises(BedgenError, match="checkpoints folder only"):
@@ -399,8 +399,10 @@ def test_model_policy_confines_local_models_and_hub_ids(tmp_path):
     for ref in ["", "   ", None, 5, "x" * 600, "a\x00b"]:
         with pytest.raises(BedgenError):
             public.check(ref)
-    private = ModelPolicy(checkpoints, public=False)
-    assert private.check(str(tmp_path / "outside")) and private.check("someone/else")
+    private = ModelPolicy(checkpoints, public=False)  # any Hub id, but local models still confined
+    assert private.check("someone/else") == "someone/else"
+    with pytest.raises(BedgenError, match="checkpoints folder only"):
+        private.check(str(tmp_path / "outside"))
 
 
 def test_pipeline_cache_keeps_memory_bounded(tmp_path):

@@ -27,17 +27,25 @@ class PipelineCache:
                 self._items.move_to_end(ref)
                 return self._items[ref]
             ref_lock = self._loading.setdefault(ref, threading.Lock())
-        with ref_lock:  # two requests for one model load it once
+        try:
+            with ref_lock:  # two requests for one model load it once
+                with self._lock:
+                    if ref in self._items:
+                        return self._items[ref]
+                pipe = load(ref)
+                if self.policy is not None:
+                    self.policy.check_loaded(ref, pipe.info.path)
+                with self._lock:
+                    self._items[ref] = pipe
+                    while len(self._items) > self.capacity:
+                        self._items.popitem(last=False)  # evict the least recently used
+                return pipe
+        finally:
+            # Loaded or failed, the lock has done its job: the table holds only loads in
+            # progress, so refs that fail to load cannot make it grow.
             with self._lock:
-                if ref in self._items:
-                    return self._items[ref]
-            pipe = load(ref)
-            with self._lock:
-                self._items[ref] = pipe
-                while len(self._items) > self.capacity:
-                    self._items.popitem(last=False)  # evict the least recently used
-                self._loading.pop(ref, None)
-            return pipe
+                if self._loading.get(ref) is ref_lock:
+                    del self._loading[ref]
 
     def __contains__(self, ref: str) -> bool:
         with self._lock:

@@ -18,6 +18,7 @@ from ..sweep import find_sweeps
 from .cache import PipelineCache
 from .components import RawNumber, RawSlider, on_gpu
 from .generate import AUTO, _whole, model_choices
+from .security import without_server_paths
 from .settings import AppSettings
 
 log = logging.getLogger(__name__)
@@ -91,11 +92,18 @@ def run_evaluate(
         scheduler=None if sampler in (None, "", AUTO) else sampler, seed=seed,
         inception_weights=settings.inception_weights, progress=progress,
     )
-    stored = record_result(pipe, result)
-    return EvaluateOutput(_summary(result, model, stored), result)
+    # A public app's visitors are anonymous: their results are shown, not written into checkpoints.
+    stored = None if settings.public else record_result(pipe, result)
+    shown = without_server_paths([_summary(result, model, stored, settings.public), result], _folders(settings))
+    return EvaluateOutput(*shown)
 
 
-def _summary(result: dict[str, Any], model: str, stored: Path | None) -> str:
+def _folders(settings: AppSettings) -> list[Path]:
+    """Where the paths of a result may lie; a client sees them relative to these."""
+    return [settings.checkpoints, settings.references, settings.sweeps, settings.indexes, *settings.data_roots]
+
+
+def _summary(result: dict[str, Any], model: str, stored: Path | None, public: bool) -> str:
     values = []
     if "fid" in result:
         values.append(f"**FID {result['fid']:.3f}**")
@@ -109,7 +117,8 @@ def _summary(result: dict[str, Any], model: str, stored: Path | None) -> str:
         " · ".join(values),
         f"{result['num_samples']} samples of **{model}** at {result['resolution']} px · {result['sampler']}, "
         f"{result['steps']} steps · {result['seconds']['total']:.1f} s",
-        "stored in the checkpoint's bedgen.json" if stored else "not stored (not a local bedgen checkpoint)",
+        "stored in the checkpoint's bedgen.json" if stored else
+        "not stored (a public app keeps no results)" if public else "not stored (not a local bedgen checkpoint)",
     ]
     lines += [f"⚠️ {w}" for w in result.get("warnings", [])]
     return "\n\n".join(lines)
@@ -175,7 +184,7 @@ def build_evaluate_tab(settings: AppSettings, cache: PipelineCache) -> None:
         with gr.Column(scale=2):
             summary = gr.Markdown(elem_id="eval-status")
             # Text, not gr.JSON: Gradio would take the result's {"path": ...} entries for files.
-            result = gr.Code(label="Result (as stored in bedgen.json)", language="json", interactive=False)
+            result = gr.Code(label="Result", language="json", interactive=False)
 
     def on_evaluate(model_ref, reference_path, n, steps_value, sampler_name, chosen, seed_value,
                     progress=gr.Progress()):

@@ -26,7 +26,7 @@ from ..config import PRESETS
 from ..errors import BedgenError
 from ..hub import parse_hub_ref
 from .components import RawNumber, RawSlider
-from .security import inside
+from .security import inside, local_folder
 from .settings import AppSettings
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,63}$")
@@ -192,17 +192,21 @@ def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any
 
 
 def _check_model_ref(settings: AppSettings, ref: Any, what: str) -> str:
-    """A checkpoint inside the checkpoints folder (no traversal, no symlink escape) or a Hub id."""
+    """A checkpoint inside the checkpoints folder (no traversal, no symlink escape) or a Hub id.
+
+    Resolved once, here: the training subprocess gets the checked folder itself, never a name it
+    would look up again from the app's working folder (where ``checkpoints/NAME`` may be a link).
+    """
     text = ref.strip() if isinstance(ref, str) else ""
     if not text:
         raise BedgenError(f"give {what}: a checkpoint under the checkpoints folder or a Hub id")
     root = settings.checkpoints.resolve()
-    local = (root / text).resolve()  # an absolute text replaces root; resolve() follows links
-    if local.exists():
+    local = local_folder(text, root)
+    if local is not None:
         if not inside(local, root):
             raise BedgenError(f"{what} must be inside the checkpoints folder {root}")
         return str(local)
-    if parse_hub_ref(text) is None or ".." in text:
+    if parse_hub_ref(text) is None:
         raise BedgenError(f"{what} '{text}' is neither a checkpoint under {root} nor a Hub id org/name")
     return text
 
