@@ -196,6 +196,10 @@ def test_anonymous_evaluate_stores_nothing_and_names_no_server_path(public_app):
     assert result["reference"]["path"] == "references/rooms-16.npz"
     assert result["inception"]["weights"] == "inception-random.pth"
     assert result["model"] == "checkpoints/tiny" and "checkpoints/tiny" in summary
+    # nor do its errors (this one used to name the references folder's full path)
+    message = expect_error(call(app, "evaluate", [model, "../inception-random.pth", 4, 2, "auto", ["fid"], 0]),
+                           "outside the references folder")
+    assert str(root) not in message and str(root.resolve()) not in message
 
 
 # --- local mode (training on) ------------------------------------------------------------------

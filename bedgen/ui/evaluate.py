@@ -78,7 +78,17 @@ def run_evaluate(
     seed: Any,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> EvaluateOutput:
-    """Typed core of the Evaluate event; raises BedgenError on bad input."""
+    """Typed core of the Evaluate event; raises BedgenError on bad input. Neither its result nor
+    its errors name a server path."""
+    try:
+        return _run_evaluate(cache, settings, model, reference, num_samples, steps, sampler, metrics, seed, progress)
+    except BedgenError as e:
+        raise BedgenError(without_server_paths(str(e), _folders(settings))) from e
+
+
+def _run_evaluate(cache: PipelineCache, settings: AppSettings, model: Any, reference: Any, num_samples: Any,
+                  steps: Any, sampler: Any, metrics: Any, seed: Any,
+                  progress: Callable[[int, int, str], None] | None) -> EvaluateOutput:
     n = _whole("number of samples", num_samples, 2, settings.max_eval_samples)
     steps = _whole("steps", steps, 1, settings.max_steps)
     seed = _whole("seed", seed, 0, 2**31 - 1)
