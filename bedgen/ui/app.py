@@ -10,6 +10,7 @@ from .cache import PipelineCache
 from .components import gallery_image
 from .evaluate import build_evaluate_tab
 from .generate import build_generate_tab
+from .guard import GuardSettings, middleware
 from .interpolate import build_interpolate_tab
 from .neighbours import build_neighbours_tab
 from .train import build_train_tab
@@ -40,7 +41,9 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
                 with gr.Tab("Train", id="train"):
                     build_train_tab(settings, generate["model"])
         _wire_find_neighbours(generate, neighbours, tabs)
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    # api_open=False: queued events only through the queue (Gradio leaves /gradio_api/run/<name>
+    # open off a Space, which would skip the queue's limits and bedgen.ui.guard's per-visitor cap).
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency, api_open=False)
     return demo
 
 
@@ -63,6 +66,9 @@ ENVIRONMENT_HELP = """environment variables (all optional; the README has the fu
   BEDGEN_CHECKPOINTS, BEDGEN_DEFAULT_MODEL, BEDGEN_HUB_MODELS   models listed / allowed
   BEDGEN_PUBLIC, BEDGEN_AUTH=user:password, BEDGEN_ENABLE_TRAINING  exposure and the Train tab
   BEDGEN_CONCURRENCY, BEDGEN_QUEUE_SIZE, BEDGEN_MAX_IMAGES, BEDGEN_MAX_STEPS, BEDGEN_MAX_UPLOAD_MB  load limits
+  BEDGEN_MAX_PENDING_PER_VISITOR, BEDGEN_ABANDON_AFTER_S  queued work per visitor, unread work cancelled
+  BEDGEN_LOGIN_LOCKOUT_S  lockout after repeated wrong passwords (doubles each time)
+  BEDGEN_ALLOWED_HOSTS  host names a local app answers to besides localhost and IP addresses
   BEDGEN_DATA_ROOTS, BEDGEN_INDEXES, BEDGEN_REFERENCES, BEDGEN_SWEEPS  server folders"""
 
 
@@ -81,9 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = AppSettings.from_env(share=args.share)
+    guard = GuardSettings.from_env(settings, args.host)
     for notice in settings.notices():
         print(f"bedgen app: {notice}", flush=True)
-    build_app(settings).launch(
+    demo = build_app(settings)
+    demo.launch(
         server_name=args.host, server_port=args.port, share=args.share,
         auth=list(settings.auth) or None, max_file_size=f"{settings.max_upload_mb}mb",
+        # Hosts, login throttle and per-visitor work (bedgen.ui.guard), in front of every route.
+        app_kwargs={"middleware": [middleware(guard, demo)]},
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import random
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
 import gradio as gr
@@ -94,15 +96,37 @@ def _optional_positive(name: str, value: Any) -> float | None:
 
 
 def _whole(name: str, value: Any, low: int, high: int) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise BedgenError(f"{name} must be a whole number, got {value!r}") from None
-    if not math.isfinite(number) or number != int(number):
+    """A whole number in [low, high], read exactly: never a rounded seed.
+
+    Integers are taken as they are and text is read as a decimal (so "9007199254740993"
+    stays itself). A float is accepted only below 2**53: above it, it may already be the
+    rounding of another integer (2**53 + 1 arrives as 2.0**53), so it is refused.
+    """
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) >= 2**53:
+        raise BedgenError(f"{name} {value!r} is too large to be exact as a decimal number; send it as an integer")
+    number = _exact_whole(value)
+    if number is None:
         raise BedgenError(f"{name} must be a whole number, got {value!r}")
-    if not low <= number <= high:
-        raise BedgenError(f"{name} must be between {low} and {high}, got {int(number)}")
+    if not low <= number <= high:  # compared before int(): "1e999999" must not become a huge int
+        raise BedgenError(f"{name} must be between {low} and {high}, got {value!r}")
     return int(number)
+
+
+def _exact_whole(value: Any) -> int | Decimal | None:
+    """``value`` as an exact whole number, or None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    if isinstance(value, str):
+        try:
+            number = Decimal(value.strip())
+        except InvalidOperation:
+            return None
+        return number if number.is_finite() and number == number.to_integral_value() else None
+    return None
 
 
 def build_generate_tab(settings: AppSettings, cache: PipelineCache) -> dict[str, gr.components.Component]:
