@@ -148,9 +148,9 @@ namespace 403, as on the Hub.
 
 Private repos (``visibility: private``) answer reads only to a token that may read
 the namespace; anyone else gets 404 RepoNotFound, as the Hub hides them.
-``cut_uploads(n)`` drops the connection in the middle of the next ``n`` upload
-bodies (LFS PUTs and commits): the server reads half the body, closes the socket
-and stores nothing.
+``cut_uploads(n[, only="lfs"|"commit"])`` drops the connection in the middle of the
+next ``n`` upload bodies (LFS PUTs and commits, or one kind): the server reads half
+the body, closes the socket and stores nothing.
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ class FakeHub:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._cuts = 0
-        self._upload_cuts = 0
+        self._upload_cuts, self._upload_cut_kind = 0, None
 
     # ------------------------------------------------------------------ setup
 
@@ -317,17 +317,25 @@ class FakeHub:
         with self._lock:
             self._cuts = count
 
-    def cut_uploads(self, count: int) -> None:
-        """The next ``count`` upload bodies (LFS PUTs, commits) are cut half-way: nothing is stored."""
+    def cut_uploads(self, count: int, only: str | None = None) -> None:
+        """The next ``count`` upload bodies are cut half-way, so nothing of them is stored: LFS PUTs
+        and commits, or only one kind (``only="lfs"`` or ``only="commit"``)."""
+        if only not in (None, "lfs", "commit"):
+            raise ValueError("only must be None, 'lfs' or 'commit'")
         with self._lock:
-            self._upload_cuts = count
+            self._upload_cuts, self._upload_cut_kind = count, only
 
-    def _take_cut(self, upload: bool = False) -> bool:
-        name = "_upload_cuts" if upload else "_cuts"
+    def _take_cut(self, upload: str | None = None) -> bool:
+        """Whether to cut this download (upload=None) or upload ("lfs" or "commit")."""
         with self._lock:
-            if getattr(self, name) <= 0:
+            if upload is None:
+                if self._cuts <= 0:
+                    return False
+                self._cuts -= 1
+                return True
+            if self._upload_cuts <= 0 or self._upload_cut_kind not in (None, upload):
                 return False
-            setattr(self, name, getattr(self, name) - 1)
+            self._upload_cuts -= 1
             return True
 
     def add_token(
@@ -926,8 +934,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         with hub._lock:
             hub.requests.append((method, url.path))
-        is_upload = (method == "PUT" and url.path.startswith("/lfs/")) or (method == "POST" and "/commit/" in url.path)
-        if is_upload and hub._take_cut(upload=True):
+        upload = "lfs" if method == "PUT" and url.path.startswith("/lfs/") else (
+            "commit" if method == "POST" and "/commit/" in url.path else None)
+        if upload is not None and hub._take_cut(upload):
             self._drop_mid_body()
             return
         request = _Request(method, url.path, url.query, {k.lower(): v for k, v in self.headers.items()}, self._body())
