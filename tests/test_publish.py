@@ -20,7 +20,7 @@ import bedgen
 from bedgen.checkpoint import BEDGEN_JSON
 from bedgen.cli import main
 
-from conftest import make_tiny_checkpoint
+from conftest import make_tiny_checkpoint, make_tiny_ldm_checkpoint, make_tiny_score_checkpoint, make_tiny_vae_checkpoint
 from hubserver import FakeHub, isolate_hf_hub, set_hf_endpoint
 from synthetic import write_rooms
 
@@ -77,6 +77,35 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           capture_output=True, text=True, timeout=300)
 
 
+DIFFUSERS_CHECK = """
+import json, sys, torch
+from diffusers import DiffusionPipeline
+out = {}
+for repo, local in json.loads(sys.argv[1]):
+    pipes = [DiffusionPipeline.from_pretrained(repo), DiffusionPipeline.from_pretrained(local)]
+    images = []
+    for p in pipes:
+        torch.manual_seed(0)  # LDMPipeline does not pass its generator on to the scheduler's step
+        images.append(p(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(1),
+                        output_type="np").images)
+    out[repo] = [type(pipes[0]).__name__, bool((images[0] == images[1]).all())]
+print(json.dumps(out))
+"""
+
+
+def plain_diffusers(hub: FakeHub, home: Path, pairs: list[tuple[str, Path]]) -> dict[str, list]:
+    """DiffusionPipeline.from_pretrained of each Hub repo and of its local folder, in a fresh process whose
+    HF_ENDPOINT points at the test Hub (read at import, as for any user) and whose cache starts empty:
+    {repo: [pipeline class, same images for the same generator]}."""
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-c", DIFFUSERS_CHECK, json.dumps([[r, str(p)] for r, p in pairs])],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for repo, _ in pairs:  # really fetched from the server
+        assert ("GET", f"/{repo}/resolve/{hub.repo(repo).refs['main']}/model_index.json") in hub.requests
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def fp32_images(ref: str) -> list:
     pipe = bedgen.load(ref)
     return [torch.tensor(list(im.getdata())) for im in pipe.generate(2, seed=3, steps=4, device="cpu", dtype="fp32")]
@@ -110,21 +139,14 @@ def test_push_round_trip_through_the_cli(hub, tmp_path, monkeypatch, capsys):
     assert published["config"]["data"]["source"] == "<local>/rooms"  # which data, not where
     assert published["metrics"][0]["reference"]["path"] == "<local>/rooms-16.npz"
 
-    # bedgen and plain diffusers load it from the server; same fp32 images as the local folder.
+    # Plain diffusers and bedgen load it from the server; same fp32 images as the local folder.
+    assert plain_diffusers(hub, tmp_path / "diffusers-home", [("alice/tiny", local)]) == {"alice/tiny": ["DDPMPipeline", True]}
     assert all(torch.equal(a, b) for a, b in zip(fp32_images("alice/tiny"), fp32_images(str(local))))
-    from diffusers import DiffusionPipeline
-
-    set_hf_endpoint(monkeypatch, hub.endpoint)
-    from_hub = DiffusionPipeline.from_pretrained("alice/tiny")
-    from_disk = DiffusionPipeline.from_pretrained(local)
-    assert type(from_hub).__name__ == "DDPMPipeline"
-    outputs = [pipe(batch_size=1, num_inference_steps=5, generator=torch.Generator().manual_seed(7), output_type="np").images
-               for pipe in (from_hub, from_disk)]
-    assert (outputs[0] == outputs[1]).all()
 
     # The card parses with huggingface_hub and carries the metadata and the results.
     from huggingface_hub import ModelCard
 
+    set_hf_endpoint(monkeypatch, hub.endpoint)  # ModelCard.load has no endpoint argument
     card = ModelCard.load("alice/tiny")
     assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "unconditional-image-generation"
     assert {"bedgen", "ddpm"} <= set(card.data.tags) and card.data.license == "apache-2.0"
@@ -147,6 +169,46 @@ def test_push_round_trip_through_the_cli(hub, tmp_path, monkeypatch, capsys):
     assert len(after) == len(before) + 1 and after[1:] == before
     assert "| 40.50 |" in hub.files("alice/tiny")["README.md"].decode()
     assert_nothing_private_uploaded(hub)
+
+
+def _consistency(path: Path) -> Path:
+    from test_checkpoint import write_consistency_layout
+
+    write_consistency_layout(path)
+    return path
+
+
+def test_every_pipeline_layout_loads_from_the_hub_in_plain_diffusers(hub, tmp_path):
+    from bedgen.publish import push_model
+
+    layouts = {"ScoreSdeVePipeline": make_tiny_score_checkpoint, "LDMPipeline": make_tiny_ldm_checkpoint,
+               "ConsistencyModelPipeline": _consistency}
+    pairs = []
+    for name, make in layouts.items():
+        local = make(tmp_path / name)
+        result = push_model(local, f"alice/{name.lower()}", samples=1)
+        assert "samples.png" in result.files
+        card = hub.files(result.repo_id)["README.md"].decode()
+        assert f"# {name}" in card and "Not evaluated" in card
+        pairs.append((result.repo_id, local))
+    loaded = plain_diffusers(hub, tmp_path / "diffusers-home", pairs)
+    assert loaded == {f"alice/{name.lower()}": [name, True] for name in layouts}
+    for repo, local in pairs:
+        assert all(torch.equal(a, b) for a, b in zip(fp32_images(repo), fp32_images(str(local))))
+
+
+def test_vae_pushes_as_an_autoencoder_folder(hub, tmp_path):
+    from huggingface_hub import snapshot_download
+    from diffusers import AutoencoderKL
+    from bedgen.publish import push_model
+
+    local = make_tiny_vae_checkpoint(tmp_path / "vae")
+    push_model(local, "alice/vae", samples=2)
+    remote = AutoencoderKL.from_pretrained(snapshot_download("alice/vae", endpoint=hub.endpoint), subfolder="vae")
+    disk = AutoencoderKL.from_pretrained(local / "vae")
+    assert all(torch.equal(a, b) for a, b in zip(remote.state_dict().values(), disk.state_dict().values()))
+    assert 'AutoencoderKL.from_pretrained("alice/vae", subfolder="vae")' in hub.files("alice/vae")["README.md"].decode()
+    assert bedgen.load("alice/vae").info.family == "vae"
 
 
 def test_pushed_models_are_listed(hub, tmp_path, capsys):
