@@ -139,8 +139,8 @@ def test_push_round_trip_through_the_cli(hub, tmp_path, monkeypatch, capsys):
     assert published["config"]["data"]["source"] == "<local>/rooms"  # which data, not where
     assert published["metrics"][0]["reference"]["path"] == "<local>/rooms-16.npz"
 
-    # Plain diffusers and bedgen load it from the server; same fp32 images as the local folder.
-    assert plain_diffusers(hub, tmp_path / "diffusers-home", [("alice/tiny", local)]) == {"alice/tiny": ["DDPMPipeline", True]}
+    # bedgen loads it from the server: the same fp32 images as from the local folder. (Plain diffusers
+    # loads pushed repos of every layout in test_every_pipeline_layout_loads_from_the_hub_in_plain_diffusers.)
     assert all(torch.equal(a, b) for a, b in zip(fp32_images("alice/tiny"), fp32_images(str(local))))
 
     # The card parses with huggingface_hub and carries the metadata and the results.
@@ -181,20 +181,21 @@ def _consistency(path: Path) -> Path:
 def test_every_pipeline_layout_loads_from_the_hub_in_plain_diffusers(hub, tmp_path):
     from bedgen.publish import push_model
 
-    layouts = {"ScoreSdeVePipeline": make_tiny_score_checkpoint, "LDMPipeline": make_tiny_ldm_checkpoint,
-               "ConsistencyModelPipeline": _consistency}
+    layouts = {"DDPMPipeline": planted_checkpoint, "ScoreSdeVePipeline": make_tiny_score_checkpoint,
+               "LDMPipeline": make_tiny_ldm_checkpoint, "ConsistencyModelPipeline": _consistency}
     pairs = []
     for name, make in layouts.items():
         local = make(tmp_path / name)
         result = push_model(local, f"alice/{name.lower()}", samples=1)
         assert "samples.png" in result.files
         card = hub.files(result.repo_id)["README.md"].decode()
-        assert f"# {name}" in card and "Not evaluated" in card
+        assert f"# {name}" in card and ("Not evaluated" in card) == (name != "DDPMPipeline")
         pairs.append((result.repo_id, local))
     loaded = plain_diffusers(hub, tmp_path / "diffusers-home", pairs)
     assert loaded == {f"alice/{name.lower()}": [name, True] for name in layouts}
     for repo, local in pairs:
         assert all(torch.equal(a, b) for a, b in zip(fp32_images(repo), fp32_images(str(local))))
+    assert_nothing_private_uploaded(hub)
 
 
 def test_vae_pushes_as_an_autoencoder_folder(hub, tmp_path):
