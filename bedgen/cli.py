@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .cli_share import SHARE_SUBCOMMANDS
 from .errors import BedgenError
 
 
@@ -754,7 +755,7 @@ def _sweep_report(out: Path, interrupted: bool) -> int:
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_sample, _add_reconstruct, _add_interpolate, _add_models, _add_train, _add_finetune, _add_prepare, _add_index, _add_neighbours, _add_ref_stats, _add_eval,
-    _add_sweep,
+    _add_sweep, *SHARE_SUBCOMMANDS,
 )
 
 

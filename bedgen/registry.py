@@ -1,10 +1,14 @@
-"""Which models exist: local checkpoints under a folder plus a curated Hub list."""
+"""Which models exist: local checkpoints under a folder, models pushed from this machine, a curated Hub list."""
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import looks_like_checkpoint, read_description
 
@@ -53,8 +57,79 @@ def _describe_local(path: Path) -> str:
 
 
 def all_models(root: Path | None = None, hub: tuple[str, ...] | None = None) -> list[ModelEntry]:
-    """Local checkpoints, then the Hub models ``hub`` (default: the curated list)."""
+    """Local checkpoints, then the Hub models ``hub`` (default: those pushed from this machine, then the curated list)."""
     if hub is None:
-        return local_models(root) + list(CURATED_HUB_MODELS)
+        pushed = pushed_models()
+        seen = {entry.ref for entry in pushed}
+        return local_models(root) + pushed + [e for e in CURATED_HUB_MODELS if e.ref not in seen]
     known = {entry.ref: entry for entry in CURATED_HUB_MODELS}
     return local_models(root) + [known.get(ref, ModelEntry(ref, "hub", "Hub model")) for ref in hub]
+
+
+# --- models pushed from this machine ------------------------------------------------------
+
+log = logging.getLogger(__name__)
+
+
+def pushed_record_file() -> Path:
+    """Where ``bedgen push`` remembers what it published: ``$HF_HOME/bedgen/pushed.json``
+    (``~/.cache/huggingface`` by default), beside huggingface_hub's token and cache."""
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_HOME") or constants.HF_HOME).expanduser() / "bedgen" / "pushed.json"
+
+
+def _current_endpoint() -> str:
+    from huggingface_hub import constants
+
+    from .hub import hub_endpoint
+
+    return (hub_endpoint() or constants.ENDPOINT).rstrip("/")
+
+
+def pushed_records(endpoint: str | None = None) -> list[dict[str, Any]]:
+    """The push records for the Hub at ``endpoint`` (default: HF_ENDPOINT or huggingface.co), newest first.
+
+    Each has ``ref`` (org/name[@branch]), ``repo_id``, ``revision``, ``url``, ``commit``,
+    ``private``, ``family``, ``source`` (the local checkpoint) and ``pushed`` (UTC time).
+    """
+    endpoint = (endpoint or _current_endpoint()).rstrip("/")
+    try:
+        records = json.loads(pushed_record_file().read_text())
+    except (OSError, ValueError):
+        return []  # nothing pushed yet, or a damaged record: the list is a convenience
+    return [r for r in records if isinstance(r, dict) and str(r.get("endpoint", "")).rstrip("/") == endpoint
+            and isinstance(r.get("ref"), str)]
+
+
+def pushed_models(endpoint: str | None = None) -> list[ModelEntry]:
+    """Models pushed from this machine (see :func:`pushed_records`) as model-list entries."""
+    return [
+        ModelEntry(r["ref"], "hub", f"pushed from this machine · {r.get('family', '?')}"
+                   + (" · private" if r.get("private") else ""))
+        for r in pushed_records(endpoint)
+    ]
+
+
+def remember_push(result: Any, endpoint: str, source: Path, family: str) -> None:
+    """Add (or refresh) the record of a push; a record that cannot be written only logs a warning."""
+    from .checkpoint import write_json
+
+    file = pushed_record_file()
+    try:
+        records = json.loads(file.read_text()) if file.is_file() else []
+    except (OSError, ValueError):
+        records = []
+    endpoint = endpoint.rstrip("/")
+    records = [r for r in records if isinstance(r, dict) and (r.get("endpoint"), r.get("ref")) != (endpoint, result.ref)]
+    records.insert(0, {
+        "ref": result.ref, "repo_id": result.repo_id, "revision": result.revision, "url": result.url,
+        "commit": result.commit, "private": result.private, "family": family, "endpoint": endpoint,
+        "source": str(Path(source).resolve()),
+        "pushed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        write_json(file, records)
+    except OSError as e:
+        log.warning("could not record the push in %s: %s", file, e.strerror or e)
