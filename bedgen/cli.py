@@ -160,7 +160,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     }
     (args.out / "interpolation.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {len(result.frames)} frames, strip.png and interpolation.gif to {args.out} "
-          f"({result.method}, t={result.t:g} = step {result.timestep}, {result.steps} steps, {result.seconds:.1f} s)")
+          f"({result.method}, t={result.t:g} = step {result.timestep}, {result.steps} steps, {result.placement}, "
+          f"{result.seconds:.1f} s)")
     return 0
 
 
@@ -327,6 +328,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, args.out, resume=args.resume)
     print(f"training {config.family}/{config.preset} at {config.resolution} px on {len(trainer.data)} images "
           f"({trainer.images_per_step} images/step, {trainer.max_steps} steps) -> {args.out}", file=sys.stderr)
+    precision = {"no": "fp32"}.get(trainer.accelerator.mixed_precision, trainer.accelerator.mixed_precision)
+    print(f"precision: {trainer.device.type}/{precision}: {trainer.precision_reason}", file=sys.stderr)
     try:
         checkpoint = trainer.train()
     except TrainingDiverged as e:
