@@ -691,9 +691,14 @@ class Trainer:
 
     def _prune_checkpoints(self) -> None:
         keep = self.config.train.keep_checkpoints
-        folders = sorted((self.run_dir / "checkpoints").glob("step-*"))
-        for old in folders[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        folder = self.run_dir / "checkpoints"
+        for leftover in folder.glob(".step-*.pruned"):  # a deletion a killed run did not finish
+            shutil.rmtree(leftover, ignore_errors=True)
+        for old in sorted(folder.glob("step-*"))[:-keep]:
+            # Hidden by one rename first: a kill during the deletion leaves no visible half checkpoint.
+            doomed = old.with_name(f".{old.name}.pruned")
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def _write_run_status(self, status: str, latest: Path | None = None, message: str = "") -> None:
         if not self.is_main:
