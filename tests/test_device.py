@@ -1,4 +1,6 @@
-"""Which path (bf16 or fp32) bedgen picks on this machine, and that it says why."""
+"""Which path (bf16 or fp32) bedgen picks on this machine and why; torchvision beside a CPU-only torch."""
+
+import os
 
 import pytest
 import torch
@@ -138,3 +140,72 @@ def test_the_app_status_says_which_path_and_why(app_server, tmp_path):
                                 api_name="/interpolate")
     assert auto in status
 
+
+# --- CPU-only torch beside PyPI's torchvision (README: "A lighter CPU-only install") ----------
+
+
+def _fake_pypi_torchvision(site) -> None:
+    """A torchvision like PyPI's beside a CPU torch: its compiled ops cannot load, and its
+    import registers a fake kernel for torchvision::nms without checking the op exists."""
+    package = site / "torchvision"
+    package.mkdir(parents=True)
+    (package / "_C.so").write_bytes(b"built against libtorch_cuda.so")
+    (package / "__init__.py").write_text(
+        "import torch\n"
+        "@torch.library.register_fake('torchvision::nms')\n"
+        "def meta_nms(dets, scores, iou_threshold):\n"
+        "    return dets.new_empty(0, dtype=torch.long)\n"
+    )
+
+
+def test_pypi_torchvision_imports_beside_cpu_torch_after_the_shim(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _fake_pypi_torchvision(tmp_path / "site")
+    shim = Path(__file__).resolve().parents[1] / "bedgen" / "_torchvision_cpu.py"
+    cpu_torch = "import torch; torch.version.cuda = None\n"  # what a +cpu build reports
+    load_shim = ("import importlib.util\n"
+                 f"spec = importlib.util.spec_from_file_location('shim', {str(shim)!r})\n"
+                 "shim = importlib.util.module_from_spec(spec); spec.loader.exec_module(shim)\n"
+                 "assert shim.allow_torchvision_without_ops()\n")
+
+    def python(code: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", cpu_torch + code], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, timeout=300)
+
+    bare = python("import torchvision")
+    assert "operator torchvision::nms does not exist" in bare.stderr  # the failure, reproduced
+    shimmed = python(load_shim + "import torchvision; print(torch.ops.torchvision.nms)")
+    assert shimmed.returncode == 0, shimmed.stderr
+    assert "torchvision.nms" in shimmed.stdout
+
+
+def test_bedgen_runs_the_shim_before_anything_imports_torchvision():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-X", "importtime", "-c", "import bedgen"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    order = [line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")]
+    assert "bedgen._torchvision_cpu" in order
+    first_torchvision = next((i for i, name in enumerate(order) if name.split(".")[0] == "torchvision"), len(order))
+    assert order.index("bedgen._torchvision_cpu") < first_torchvision
+
+
+def test_the_torchvision_shim_stays_out_of_the_way_where_ops_load():
+    """Here torchvision's ops either load (they work after bedgen's import) or this is the CPU-only
+    install, where bedgen declared them: then they exist but have no kernel."""
+    import torchvision
+
+    import bedgen._torchvision_cpu as shim
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [50.0, 50.0, 60.0, 60.0]])
+    if torchvision.extension._has_ops():
+        assert torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 2]
+    else:
+        assert torch.version.cuda is None and shim.torchvision_ops_library() is not None
+        with pytest.raises((NotImplementedError, RuntimeError)):
+            torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
