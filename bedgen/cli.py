@@ -161,7 +161,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     }
     (args.out / "interpolation.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {len(result.frames)} frames, strip.png and interpolation.gif to {args.out} "
-          f"({result.method}, t={result.t:g} = step {result.timestep}, {result.steps} steps, {result.seconds:.1f} s)")
+          f"({result.method}, t={result.t:g} = step {result.timestep}, {result.steps} steps, {result.placement}, "
+          f"{result.seconds:.1f} s)")
     return 0
 
 
@@ -275,8 +276,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def train_config_from_args(args: argparse.Namespace):
     """The preset (or the resumed run's config) with the flags that were given applied."""
-    from .checkpoint import latest_in_run, read_description
-    from .config import BedgenConfig, override, preset
+    from .config import override, preset
 
     changes: dict[str, object] = {}
     for key, value in vars(args).items():
@@ -299,7 +299,7 @@ def train_config_from_args(args: argparse.Namespace):
         except json.JSONDecodeError:
             changes[field.strip()] = raw
     if args.resume and (args.out / "bedgen-run.json").is_file():
-        base = BedgenConfig.from_dict(read_description(latest_in_run(args.out))["config"])
+        base = _resumed_config(args.out)
     elif getattr(args, "config", None) is not None:
         base = _config_file(args.config)
     else:
@@ -308,6 +308,22 @@ def train_config_from_args(args: argparse.Namespace):
     if not config.data.source:
         raise BedgenError("--data is required: an image folder, an LSUN LMDB, a dataset id or a prepared folder")
     return config
+
+
+def _resumed_config(run: Path):
+    """The config of the run being resumed: its newest checkpoint's or, when it was killed
+    before its first checkpoint, the one its bedgen-run.json recorded at the start."""
+    from .checkpoint import RUN_JSON, latest_in_run, read_description
+    from .config import BedgenConfig
+    from .errors import ModelNotFoundError
+
+    try:
+        return BedgenConfig.from_dict(read_description(latest_in_run(run))["config"])
+    except ModelNotFoundError:
+        started = json.loads((run / RUN_JSON).read_text()).get("config")
+        if started is None:
+            raise
+        return BedgenConfig.from_dict(started)
 
 
 def _config_file(path: Path):
@@ -328,6 +344,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, args.out, resume=args.resume)
     print(f"training {config.family}/{config.preset} at {config.resolution} px on {len(trainer.data)} images "
           f"({trainer.images_per_step} images/step, {trainer.max_steps} steps) -> {args.out}", file=sys.stderr)
+    precision = {"no": "fp32"}.get(trainer.accelerator.mixed_precision, trainer.accelerator.mixed_precision)
+    print(f"precision: {trainer.device.type}/{precision}: {trainer.precision_reason}", file=sys.stderr)
     try:
         checkpoint = trainer.train()
     except TrainingDiverged as e:

@@ -44,7 +44,7 @@ from .checkpoint import RUN_JSON, CheckpointInfo, write_json
 from .config import BedgenConfig
 from .data import ImageDataset, open_dataset
 from .finetune import images_of, open_training_data
-from .device import cpu_has_bf16
+from .device import training_precision
 from .errors import BedgenError, one_line
 from .families import get_family
 from .families.base import as_saved  # noqa: F401  (re-exported: part of the trainer API)
@@ -88,11 +88,7 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 
 def resolve_mixed_precision(name: str) -> str:
     """``auto``: bf16 where the hardware runs it natively (recent GPUs, AVX512-BF16/AMX CPUs)."""
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "no"
+    return training_precision(name)[0]
 
 
 def _forget_previous_accelerator() -> None:
@@ -137,9 +133,8 @@ class Trainer:
         # --multi_gpu` that selects multi-process CPU training (gloo) instead of one process.
         no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
         _forget_previous_accelerator()
-        self.accelerator = Accelerator(
-            mixed_precision=resolve_mixed_precision(config.train.mixed_precision), cpu=no_accelerator
-        )
+        precision, self.precision_reason = training_precision(config.train.mixed_precision)
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=no_accelerator)
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
         self.show_progress = progress and self.is_main
@@ -696,9 +691,14 @@ class Trainer:
 
     def _prune_checkpoints(self) -> None:
         keep = self.config.train.keep_checkpoints
-        folders = sorted((self.run_dir / "checkpoints").glob("step-*"))
-        for old in folders[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        folder = self.run_dir / "checkpoints"
+        for leftover in folder.glob(".step-*.pruned"):  # a deletion a killed run did not finish
+            shutil.rmtree(leftover, ignore_errors=True)
+        for old in sorted(folder.glob("step-*"))[:-keep]:
+            # Hidden by one rename first: a kill during the deletion leaves no visible half checkpoint.
+            doomed = old.with_name(f".{old.name}.pruned")
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def _write_run_status(self, status: str, latest: Path | None = None, message: str = "") -> None:
         if not self.is_main:

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 import bedgen
+from bedgen.checkpoint import latest_in_run
 from bedgen.cli import main
+from bedgen.errors import ModelNotFoundError
 from conftest import make_tiny_checkpoint
 from hubserver import FakeHub, isolate_hf_hub
 from synthetic import write_rooms
@@ -38,36 +40,155 @@ def _steps_of(checkpoint: Path) -> int:
     return json.loads((checkpoint / "bedgen.json").read_text())["training"]["step"]
 
 
+def _new_records(run: Path, offset: int) -> list[dict]:
+    """The loss records a process appended to metrics.jsonl after byte ``offset`` (whole lines only)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        lines = handle.read().decode().split("\n")[:-1]  # a line still being written is not read
+    return [json.loads(line) for line in lines if '"loss"' in line]
+
+
+def _kill_at(process: subprocess.Popen, moment: str, run: Path, offset: int, every: int, rng: random.Random) -> None:
+    """SIGKILL the training process at a moment of one kind, found by watching its progress
+    (not the clock, so that a slow machine moves the moment, not its kind):
+    ``start-up`` (imports, data, model, the run folder), ``step`` (between checkpoints) or
+    ``save`` (right after a checkpoint step is logged, while that checkpoint is written)."""
+    deadline = time.monotonic() + 300  # only bounds the wait: a kill at any moment is legitimate
+
+    def seen(done) -> bool:
+        while process.poll() is None and time.monotonic() < deadline:
+            if done(_new_records(run, offset)):
+                return True
+            time.sleep(0.005)
+        return False
+
+    if moment == "start-up":
+        try:
+            process.wait(rng.uniform(0.0, 3.0))
+        except subprocess.TimeoutExpired:
+            pass
+    elif moment == "step":
+        seen(lambda records: len(records) >= rng.randint(1, every - 1))
+    elif seen(lambda records: any(r["step"] % every == 0 for r in records)):
+        time.sleep(rng.uniform(0.0, 0.05))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL inside one process: nothing catches it, no clean-up code runs after it."""
+
+
+def _latest_step(run: Path) -> int:
+    """The step of the checkpoint the run points at (bedgen-run.json's "latest"); 0 when none."""
+    try:
+        return _steps_of(latest_in_run(run))
+    except (FileNotFoundError, ModelNotFoundError):  # no run folder yet, or no checkpoint yet
+        return 0
+
+
 def test_sigkill_at_ten_random_moments_then_resume(tmp_path):
-    """Each kill may land in start-up, a step, or a checkpoint write; every checkpoint left
-    behind must load, and the resumed run must end at exactly max_steps."""
+    """Kills land in start-up, in a step (also after bedgen-run.json is written but before the
+    first checkpoint) and in checkpoint writes. After each: every visible checkpoint loads and
+    samples, the run points at one of them and never moves back, and the next start resumes
+    from exactly the step it points at (from scratch when there is none). The last start
+    finishes at exactly max_steps."""
     data = tmp_path / "rooms"
     write_rooms(data, 24, size=20)
     run = tmp_path / "run"
-    steps, every = 400, 7
+    steps, every = 100, 7
     rng = random.Random(1234)
+    moments = ["start-up"] * 3 + ["step"] * 2 + ["save"] * 4
+    rng.shuffle(moments)
+    moments = ["step", *moments]  # the first kill most likely finds the run folder but no checkpoint
     log = open(tmp_path / "train.log", "w")
-    reached = []
-    for kill in range(10):
-        process = subprocess.Popen(_train_command(data, run, steps, every), stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        time.sleep(rng.uniform(3.0, 9.0))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        for checkpoint in _visible_checkpoints(run):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    seen = []  # (moment, the step the run pointed at before, the step it points at after)
+    for moment in [*moments, "finish"]:
+        latest = _latest_step(run)
+        offset = (run / "metrics.jsonl").stat().st_size if (run / "metrics.jsonl").is_file() else 0
+        process = subprocess.Popen(_train_command(data, run, steps, every), stdout=log, stderr=subprocess.STDOUT, env=env)
+        if moment == "finish":
+            assert process.wait() == 0, (tmp_path / "train.log").read_text()[-2000:]
+        else:
+            _kill_at(process, moment, run, offset, every, rng)
+        records = _new_records(run, offset)
+        if records:  # it got as far as a step: it started where the run pointed, or from scratch
+            assert records[0]["step"] == latest + 1, (moment, latest, records[0])
+        visible = _visible_checkpoints(run) if run.is_dir() else []
+        for checkpoint in visible:
             pipe = bedgen.load(str(checkpoint))  # loads, and samples
             assert len(pipe.generate(1, seed=0, steps=2)) == 1, checkpoint
         if (run / "bedgen-run.json").is_file():
             json.loads((run / "bedgen-run.json").read_text())  # never half-written
-            reached.append(_steps_of(bedgen.load(str(run)).info.path))
-    assert reached and reached == sorted(reached), reached  # resumes never go backwards
-    finished = subprocess.run(_train_command(data, run, steps, every), stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert finished.returncode == 0, (tmp_path / "train.log").read_text()[-2000:]
-    final = bedgen.load(str(run))
-    assert _steps_of(final.info.path) == steps
+        now = _latest_step(run)
+        assert now >= latest, (moment, latest, now)  # never moves back
+        if now:
+            assert latest_in_run(run) in visible  # the run points at a checkpoint that loads
+        seen.append((moment, latest, now))
+    print(seen)
+    assert _steps_of(bedgen.load(str(run)).info.path) == steps
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert max(r["step"] for r in records) == steps
+
+
+def test_a_kill_while_pruning_never_leaves_a_broken_checkpoint(tmp_path, monkeypatch):
+    """Old checkpoints are removed after a new one is in place; a kill half-way through that
+    deletion must not leave a visible checkpoint with files missing."""
+    import shutil
+
+    data = tmp_path / "rooms"
+    write_rooms(data, 8, size=20)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--preset", "tiny", "--out", str(run), "--checkpoint-every", "1",
+            "--keep-checkpoints", "1", *TINY]
+    assert main([*args, "--max-steps", "1"]) == 0
+
+    rmtree = shutil.rmtree
+
+    def killed_half_way(path, *args, **kwargs):  # deleting a checkpoint: the weights go, then the process "dies"
+        if not ("step-" in Path(path).name and Path(path).is_dir()):
+            return rmtree(path, *args, **kwargs)
+        for weights in Path(path).rglob("*.safetensors"):
+            weights.unlink()
+        raise Killed("killed while deleting an old checkpoint")
+
+    monkeypatch.setattr(shutil, "rmtree", killed_half_way)
+    with pytest.raises(Killed):
+        main([*args, "--max-steps", "2", "--resume"])
+    monkeypatch.undo()
+    for checkpoint in _visible_checkpoints(run):
+        assert len(bedgen.load(str(checkpoint)).generate(1, seed=0, steps=2)) == 1, checkpoint
+    assert main([*args, "--max-steps", "3", "--resume"]) == 0  # the next run tidies up
+    assert [c.name for c in _visible_checkpoints(run)] == ["step-000003"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000003"]
+
+
+def test_a_kill_before_the_first_checkpoint_resumes_from_scratch(tmp_path, monkeypatch):
+    """Killed after bedgen-run.json is written but before any checkpoint: --resume starts over."""
+    from bedgen.trainer import Trainer
+
+    data = tmp_path / "rooms"
+    write_rooms(data, 8, size=20)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--preset", "tiny", "--out", str(run), "--checkpoint-every", "2",
+            "--max-steps", "2", "--resume", *TINY]
+
+    def killed(*_, **__):
+        raise Killed("killed while writing the first checkpoint")
+
+    monkeypatch.setattr(Trainer, "save", killed)
+    with pytest.raises(Killed):
+        main(args)
+    monkeypatch.undo()
+    assert (run / "bedgen-run.json").is_file() and not _visible_checkpoints(run)
+    assert main(args) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert [r["step"] for r in records] == [1, 2, 1, 2]  # the second start began at step 1
+    assert _steps_of(latest_in_run(run)) == 2
 
 
 @pytest.fixture
