@@ -25,7 +25,8 @@ the diffusion's noised states, and check a sample against its nearest training i
 def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     settings = settings or AppSettings.from_env()
     cache = PipelineCache(settings.model_cache_size, settings.model_policy)
-    with gr.Blocks(title="bedgen") as demo:
+    # gradio's own cleanup: files it stored for this app (uploads, outputs) older than the age go.
+    with gr.Blocks(title="bedgen", delete_cache=(settings.cache_clean_every, settings.cache_max_age)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
@@ -63,6 +64,7 @@ ENVIRONMENT_HELP = """environment variables (all optional; the README has the fu
   BEDGEN_CHECKPOINTS, BEDGEN_DEFAULT_MODEL, BEDGEN_HUB_MODELS   models listed / allowed
   BEDGEN_PUBLIC, BEDGEN_AUTH=user:password, BEDGEN_ENABLE_TRAINING  exposure and the Train tab
   BEDGEN_CONCURRENCY, BEDGEN_QUEUE_SIZE, BEDGEN_MAX_IMAGES, BEDGEN_MAX_STEPS, BEDGEN_MAX_UPLOAD_MB  load limits
+  BEDGEN_CACHE_MAX_AGE, BEDGEN_CACHE_CLEAN_EVERY  seconds uploads and outputs are kept, and between cleanups
   BEDGEN_DATA_ROOTS, BEDGEN_INDEXES, BEDGEN_REFERENCES, BEDGEN_SWEEPS  server folders"""
 
 
