@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import BedgenError
+from .errors import BedgenError, one_line
 
 
 def to_pil(batch: torch.Tensor) -> list[Image.Image]:
@@ -45,24 +45,61 @@ def grid(images: list[Image.Image], columns: int | None = None, pad: int = 2) ->
 
 # --- user-supplied images ----------------------------------------------------------------
 
-MAX_INPUT_PIXELS = 64_000_000  # 8000 x 8000; larger uploads are refused before decoding
+MAX_INPUT_PIXELS = 64_000_000  # 8000 x 8000 at 8 bits a sample; larger uploads are refused before decoding
 MIN_INPUT_SIDE = 8
+# Samples deeper than 8 bits are scaled to 8 through float64 arrays (bedgen.data), several
+# copies of 8 bytes a pixel: a 64-megapixel 16-bit PNG took ~4 GB. They get a limit 8x
+# lower, still far more than any model here needs (256-1024 px a side).
+DEEP_SAMPLE_BITS = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
+MAX_DEEP_INPUT_PIXELS = MAX_INPUT_PIXELS // 8
 
 
 def load_image(source: "str | os.PathLike[str] | bytes | Image.Image", name: str = "image") -> Image.Image:
     """Open a user-supplied image with checks that give actionable errors.
 
-    Refuses what is not an image, truncated files, decompression bombs (checked on
-    the header's size, before any pixel is decoded) and images too small to mean
-    anything. Animated images give their first frame. Mode conversion (alpha over
-    white, 16-bit scaling, grayscale) is left to ``bedgen.data.preprocess`` so user
-    images go through exactly the training preprocessing.
+    Refuses what is not an image, truncated files, decompression bombs (in the pixels or
+    in compressed PNG text chunks), images too large to decode cheaply (checked on the
+    header's size and bit depth, before any pixel is decoded; a JPEG over the limit is
+    decoded at 1/2, 1/4 or 1/8 scale instead) and images too small to mean anything.
+    Animated images give their first frame. Mode conversion (alpha over white, 16-bit
+    scaling, grayscale) is left to ``bedgen.data.preprocess`` so user images go through
+    exactly the training preprocessing.
     """
     if isinstance(source, Image.Image):
         image = source
     else:
         image = _open(source, name)
+    _reduce_jpeg(image)
+    _check_size(image, name)
+    try:
+        image.seek(0)  # animated GIF / WebP / APNG: the first frame
+        image.load()
+    except EOFError:
+        pass
+    except (OSError, ValueError, SyntaxError) as e:
+        raise _unreadable(name, e) from None
+    return image
+
+
+def _reduce_jpeg(image: Image.Image) -> None:
+    """Let libjpeg decode a JPEG over the pixel limit at the largest of 1/2, 1/4, 1/8 scale
+    that fits (DCT scaling: the full-size image is never built). Smaller JPEGs decode exactly."""
     width, height = image.size
+    if image.format != "JPEG" or width * height <= MAX_INPUT_PIXELS:
+        return
+    scale = next((s for s in (2, 4, 8) if (width // s) * (height // s) <= MAX_INPUT_PIXELS), 8)
+    image.draft(None, (width // scale, height // scale))
+
+
+def _check_size(image: Image.Image, name: str) -> None:
+    width, height = image.size
+    bits = DEEP_SAMPLE_BITS.get(image.mode)
+    if bits and width * height > MAX_DEEP_INPUT_PIXELS:
+        raise BedgenError(
+            f"{name} is {width}x{height} pixels of {bits}-bit samples, more than the "
+            f"{MAX_DEEP_INPUT_PIXELS // 1_000_000} megapixel limit for images deeper than 8 bits; "
+            "downscale it or save it with 8 bits a sample"
+        )
     if width * height > MAX_INPUT_PIXELS:
         raise BedgenError(
             f"{name} is {width}x{height} pixels, more than the {MAX_INPUT_PIXELS // 1_000_000} megapixel limit; "
@@ -70,14 +107,17 @@ def load_image(source: "str | os.PathLike[str] | bytes | Image.Image", name: str
         )
     if min(width, height) < MIN_INPUT_SIDE:
         raise BedgenError(f"{name} is {width}x{height} pixels; it needs at least {MIN_INPUT_SIDE} pixels on each side")
-    try:
-        image.seek(0)  # animated GIF / WebP / APNG: the first frame
-        image.load()
-    except EOFError:
-        pass
-    except (OSError, ValueError, SyntaxError) as e:
-        raise BedgenError(f"{name} could not be decoded ({e}); the file may be truncated or corrupt") from e
-    return image
+
+
+def _unreadable(name: str, error: BaseException) -> BedgenError:
+    """Pillow's refusal -> bedgen's one-line error (the cause stays in the text, not in a traceback)."""
+    text = one_line(error)
+    if "MAX_TEXT" in text:  # a zTXt/iTXt chunk inflating past Pillow's limits: a bomb in the metadata
+        return BedgenError(
+            f"{name} has compressed metadata (a PNG text chunk) that inflates past the safe limit; "
+            "save the image again without metadata"
+        )
+    return BedgenError(f"{name} could not be decoded ({text}); the file may be truncated or corrupt")
 
 
 def _open(source: "str | os.PathLike[str] | bytes", name: str) -> Image.Image:
@@ -94,5 +134,7 @@ def _open(source: "str | os.PathLike[str] | bytes", name: str) -> Image.Image:
             raise BedgenError(f"{name} is too large to decode safely ({e}); downscale it first") from None
         except UnidentifiedImageError:
             raise BedgenError(f"{name} is not an image PIL can read (PNG, JPEG, WebP, GIF, BMP, TIFF ...)") from None
+        except ValueError as e:  # text chunks read while opening (before the pixels)
+            raise _unreadable(name, e) from None
         except OSError as e:
             raise BedgenError(f"{name} could not be opened: {e}") from e

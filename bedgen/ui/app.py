@@ -26,7 +26,8 @@ the diffusion's noised states, and check a sample against its nearest training i
 def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     settings = settings or AppSettings.from_env()
     cache = PipelineCache(settings.model_cache_size, settings.model_policy)
-    with gr.Blocks(title="bedgen") as demo:
+    # gradio's own cleanup: files it stored for this app (uploads, outputs) older than the age go.
+    with gr.Blocks(title="bedgen", delete_cache=(settings.cache_clean_every, settings.cache_max_age)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
@@ -69,6 +70,7 @@ ENVIRONMENT_HELP = """environment variables (all optional; the README has the fu
   BEDGEN_MAX_PENDING_PER_VISITOR, BEDGEN_ABANDON_AFTER_S  queued work per visitor, unread work cancelled
   BEDGEN_LOGIN_LOCKOUT_S  lockout after repeated wrong passwords (doubles each time)
   BEDGEN_ALLOWED_HOSTS  host names a local app answers to besides localhost and IP addresses
+  BEDGEN_CACHE_MAX_AGE, BEDGEN_CACHE_CLEAN_EVERY  seconds uploads and outputs are kept, and between cleanups
   BEDGEN_DATA_ROOTS, BEDGEN_INDEXES, BEDGEN_REFERENCES, BEDGEN_SWEEPS  server folders"""
 
 

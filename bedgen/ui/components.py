@@ -9,9 +9,15 @@ browser render them as the stock components.
 
 from __future__ import annotations
 
+import base64
+import binascii
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.context import LocalContext
+
+from .security import inside
 
 
 class RawSlider(gr.Slider):
@@ -34,7 +40,13 @@ class ImageUpload(gr.Image):
     Stock ``gr.Image`` opens every upload with PIL before the event runs, so a
     non-image, a truncated file or a decompression bomb fails inside Gradio with a
     generic message. bedgen decodes it instead (``bedgen.images.load_image``) and
-    says what is wrong. Base64 data URLs (clipboard) are passed on as bytes.
+    says what is wrong. Base64 data URLs (clipboard) are passed on as bytes, within
+    the upload size limit.
+
+    A request may name any path in a file dict, and Gradio checks only those that
+    carry its FileData marker; so this component, in and out, holds only files Gradio
+    stored for this app (its upload and cache folder, ``GRADIO_TEMP_DIR``). Every other
+    path gets one error, the same whether it exists or not: no file-existence oracle.
     """
 
     is_template = True
@@ -43,12 +55,45 @@ class ImageUpload(gr.Image):
         if payload is None:
             return None
         if payload.path:
-            return payload.path
+            return self._stored(payload.path)
         if payload.url and payload.url.startswith("data:"):
-            import base64
-
-            return base64.b64decode(payload.url.split(",", 1)[-1])
+            return self._decode_data_url(payload.url)
         return None
+
+    def postprocess(self, value: Any) -> Any:
+        # A path returned into this input ("use last generated image") is copied into the
+        # cache and served: it must already be one of this app's files.
+        if isinstance(value, (str, Path)):
+            value = self._stored(value)
+        return super().postprocess(value)
+
+    def _stored(self, path: "str | Path") -> str:
+        try:
+            resolved = Path(path).resolve()
+            if inside(resolved, Path(self.GRADIO_CACHE)) and resolved.is_file():
+                return str(resolved)
+        except (OSError, ValueError, RuntimeError):  # NUL bytes, names too long, link loops
+            pass
+        raise gr.Error(
+            f"{self._name()} must be an image uploaded to this app (uploads expire after a while); upload it again",
+            print_exception=False,
+        )
+
+    def _decode_data_url(self, url: str) -> bytes:
+        encoded = url.split(",", 1)[-1]
+        limit = getattr(LocalContext.blocks.get(None), "max_file_size", None)  # launch(max_file_size=...)
+        if limit is not None and len(encoded) // 4 * 3 > limit:  # the decoded size, known before decoding
+            raise gr.Error(
+                f"{self._name()} is a {len(encoded) // 4 * 3 / 2**20:.1f} MB data URL, over this app's "
+                f"{limit / 2**20:g} MB upload limit; downscale the image", print_exception=False,
+            )
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise gr.Error(f"{self._name()} is not a valid base64 data URL", print_exception=False) from None
+
+    def _name(self) -> str:
+        return self.label or "the image"
 
 
 def gallery_image(gallery: Any, index: Any = 0) -> Any:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from ..errors import BedgenError
@@ -107,10 +108,15 @@ def _status(result: InterpolationResult, model: str) -> str:
 
 
 def _save_gif(result: InterpolationResult) -> str:
-    folder = Path(tempfile.gettempdir()) / "bedgen-interpolations"
-    folder.mkdir(exist_ok=True)
-    old = sorted(folder.glob("*.gif"), key=lambda p: p.stat().st_mtime)
-    for stale in old[: max(0, len(old) - GIF_KEEP)]:
+    # In gradio's own folder: served from there without a copy, and deleted by its cache cleanup
+    # (BEDGEN_CACHE_MAX_AGE) like every other output; at most GIF_KEEP are kept meanwhile.
+    folder = Path(get_upload_folder()) / "bedgen-interpolations"
+    folder.mkdir(parents=True, exist_ok=True)
+    dated = []
+    for gif in folder.glob("*.gif"):
+        with contextlib.suppress(FileNotFoundError):  # the cache cleanup may delete it meanwhile
+            dated.append((gif.stat().st_mtime, gif))
+    for _, stale in sorted(dated)[: max(0, len(dated) - GIF_KEEP)]:
         stale.unlink(missing_ok=True)
     path = folder / f"{int(time.time())}-{uuid.uuid4().hex[:8]}.gif"
     loop = result.frames + result.frames[-2:0:-1]

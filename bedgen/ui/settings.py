@@ -22,6 +22,13 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"bedgen app: environment variable {name} must be a whole number, got {raw!r}")
 
 
+def _env_positive(name: str, default: int) -> int:
+    value = _env_int(name, default)
+    if value < 1:
+        raise SystemExit(f"bedgen app: environment variable {name} must be at least 1, got {value}")
+    return value
+
+
 def _env_flag(name: str, default: bool) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     if not raw:
@@ -57,6 +64,10 @@ class AppSettings:
     hub_models: tuple[str, ...] = tuple(entry.ref for entry in CURATED_HUB_MODELS)  # listed; the allow-list when public
     max_upload_mb: float = 20.0  # per uploaded file, refused by the server before it is stored
     training_requested: bool = True  # BEDGEN_ENABLE_TRAINING as given (public apps also need auth)
+    # Uploads and outputs (gradio's cache) older than cache_max_age seconds are deleted every
+    # cache_clean_every seconds: what an app keeps on disk is bounded by its traffic over that age.
+    cache_clean_every: int = 600
+    cache_max_age: int = 24 * 3600
 
     @property
     def model_policy(self) -> ModelPolicy:
@@ -100,4 +111,7 @@ class AppSettings:
             max_upload_mb=_env_int("BEDGEN_MAX_UPLOAD_MB", 20),
             training_requested=training_requested,
             training_enabled=training_requested and (bool(auth) or not public),
+            cache_clean_every=_env_positive("BEDGEN_CACHE_CLEAN_EVERY", 600),
+            # A visitor of a public app needs its files for a session; a local user may come back the next day.
+            cache_max_age=_env_positive("BEDGEN_CACHE_MAX_AGE", 3600 if public else 24 * 3600),
         )
