@@ -105,10 +105,29 @@ def test_abandoned_requests_are_capped_per_visitor_and_cancelled(public_app):
         assert kind == "error" and "cancelled" in data["error"], data
     log = app.log.read_text()
     assert log.count("cancelled generate from 127.0.0.2") == 2, log
-    assert "stopped generate" in log, log
+    assert "stopped generate from 127.0.0.2" in log, log
     # The cap counts live work only: the attacker may send again, and is served when reading.
     kind, data = call(attacker, app.url, "generate", generate_args(slow, 3))
     assert kind == "complete", data
+
+
+def test_running_work_stops_when_its_client_disconnects(public_app):
+    app, models = public_app
+    slow = str(models / "slow")
+    with visitor("127.0.0.7") as client:
+        event = client.post(f"{app.url}gradio_api/call/generate",
+                            json={"data": generate_args(slow, 0, 1000, 8)}).json()["event_id"]
+        with client.stream("GET", f"{app.url}gradio_api/call/generate/{event}") as response:
+            assert response.status_code == 200
+        # the connection is closed here, long before 1000 steps x 8 images are done
+    deadline = time.monotonic() + DEADLINE_S
+    while "stopped generate from 127.0.0.7" not in (log := app.log.read_text()):
+        assert time.monotonic() < deadline, f"the work went on after its client left:\n{log[-2000:]}"
+        time.sleep(0.5)
+    assert "cancelled generate from 127.0.0.7" not in log  # stopped by the disconnect, not as unread
+    with visitor("127.0.0.8") as client:
+        kind, data = call(client, app.url, "generate", generate_args(str(models / "tiny"), 5))
+        assert kind == "complete" and data[0][0]["caption"] == "seed 5", data
 
 
 def test_no_route_skips_the_queue(public_app):

@@ -67,7 +67,7 @@ class GuardSettings:
     login: bool = False  # the app has a login page (BEDGEN_AUTH)
     login_lockout_s: int = 60  # first lockout after repeated wrong passwords; doubles each time
     max_pending_per_visitor: int = 0  # requests waiting or running per visitor; 0 = no limit
-    abandon_after_s: int = 10  # a request nobody reads for this long is cancelled; 0 = never
+    abandon_after_s: int = 0  # a request nobody reads for this long is cancelled; 0 = never
 
     @classmethod
     def from_env(cls, settings: AppSettings, host: str | None = None) -> "GuardSettings":
@@ -82,7 +82,9 @@ class GuardSettings:
             login_lockout_s=_env_int("BEDGEN_LOGIN_LOCKOUT_S", 60),
             # A browser tab holds one or two queued events at a time; a script that floods does not.
             max_pending_per_visitor=_env_int("BEDGEN_MAX_PENDING_PER_VISITOR", 4 if settings.public else 0),
-            abandon_after_s=_env_int("BEDGEN_ABANDON_AFTER_S", 10),
+            # A browser opens the result stream right after sending; 30 s also covers a slow
+            # network. Off locally: the owner's own scripts may read late on a busy machine.
+            abandon_after_s=_env_int("BEDGEN_ABANDON_AFTER_S", 30 if settings.public else 0),
         )
 
 
@@ -264,7 +266,7 @@ class WorkWatch:
         def set_progress(event_id: str, iterables: Any) -> None:
             event = next((e for job in queue.active_jobs for e in job or () if e._id == event_id), None)
             if event is not None and not event.alive:
-                _say(f"stopped {event.fn.api_name}: its client is gone")
+                _say(f"stopped {event.fn.api_name} from {self.visitor(event.request.scope)}: its client is gone")
                 raise ClientGone("cancelled: the client that sent this request is gone")
             report(event_id, iterables)
 
