@@ -110,8 +110,10 @@ def find_token(token: str | None = None) -> str:
 def hub_api(token: str):
     from huggingface_hub import HfApi
 
-    from .hub import hub_endpoint
+    from .hub import hub_endpoint, hub_offline
 
+    if hub_offline():
+        raise BedgenError("offline mode is on (HF_HUB_OFFLINE=1); publishing needs the Hub: unset it to push")
     return HfApi(endpoint=hub_endpoint(), token=token)
 
 

@@ -367,8 +367,12 @@ def test_connection_cut_mid_upload_then_the_next_push_succeeds(hub, tmp_path, ca
     assert all(torch.equal(a, b) for a, b in zip(fp32_images("alice/cut"), fp32_images(str(local))))
 
 
-def test_unreachable_hub_is_one_line(hub, tmp_path, capsys):
+def test_unreachable_hub_is_one_line(hub, tmp_path, capsys, monkeypatch):
     local = make_tiny_checkpoint(tmp_path / "tiny")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["push", "--model", str(local), "--repo", "alice/down"]) == 2
+    assert "offline mode is on (HF_HUB_OFFLINE=1)" in one_error_line(capsys)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     hub.stop()
     assert main(["push", "--model", str(local), "--repo", "alice/down"]) == 2
     assert "checking the token failed: the connection to the Hub was lost" in one_error_line(capsys)
