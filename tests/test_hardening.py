@@ -220,8 +220,12 @@ def test_evaluate_and_sweep_report_refuse_traversal_and_bad_numbers(hard_app):
 
     for reference in ["../secret/passwords.txt", str(root / "secret" / "passwords.txt"), "/etc/passwd", ""]:
         _expect_error(lambda: evaluate(reference=reference), "reference")
+    (root / "references").mkdir(exist_ok=True)
+    # a reference that passes the folder check, so that the model ref is what gets refused
+    (root / "references" / "junk.npz").write_bytes(b"not statistics")
     for changes, pattern in [({"n": 10**9}, "number of samples"), ({"n": 1}, "number of samples"),
-                             ({"steps": -1}, "steps"), ({"seed": -4}, "seed"), ({"model_ref": "x/../../y"}, "y")]:
+                             ({"steps": -1}, "steps"), ({"seed": -4}, "seed"),
+                             ({"model_ref": "x/../../y", "reference": "junk.npz"}, r"'x/\.\./\.\./y' is neither")]:
         _expect_error(lambda: evaluate(**changes), pattern)
     for sweep in ["../secret", "/etc", "no-such-sweep"]:
         # gradio checks dropdown values against the choices (the sweeps under BEDGEN_SWEEPS)
