@@ -17,10 +17,11 @@ Gradio's routes:
   that doubles with each lockout, and caps login attempts over all addresses.
 - **Work**: a request is work for the queue (``/gradio_api/call/*``,
   ``/gradio_api/queue/join``). :class:`WorkWatch` refuses a visitor's new request while
-  ``BEDGEN_MAX_PENDING_PER_VISITOR`` of theirs are waiting or running, and cancels a
-  request whose result stream nobody has opened within ``BEDGEN_ABANDON_AFTER_S``
-  seconds. Gradio itself drops a request whose stream is closed; a running one stops at
-  its next progress update (every denoising step), see :meth:`WorkWatch.stop_dead_events`.
+  ``BEDGEN_MAX_PENDING_PER_VISITOR`` of theirs are waiting or running, and (in public
+  mode by default) cancels a request whose result stream nobody has opened within
+  ``BEDGEN_ABANDON_AFTER_S`` seconds. Gradio itself drops a waiting request whose stream
+  is closed; a running one stops at its next progress update (every denoising step),
+  see :meth:`WorkWatch.stop_dead_events`.
 
 A visitor is the connection's address. uvicorn (which Gradio runs) already replaces it
 by the ``X-Forwarded-For`` address when the connection comes from 127.0.0.1 (its
