@@ -98,4 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         auth=list(settings.auth) or None, max_file_size=f"{settings.max_upload_mb}mb",
         # Hosts, login throttle and per-visitor work (bedgen.ui.guard), in front of every route.
         app_kwargs={"middleware": [middleware(guard, demo)]},
+        # Gradio's start-up self-check fetches the page once with a 3 s timeout and stops the
+        # app when that times out, which a busy CPU (a shared Space, a loaded test machine)
+        # makes happen although the server is up; the server's own start is what counts.
+        _frontend=False,
     )
