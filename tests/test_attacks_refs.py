@@ -113,7 +113,7 @@ def public_app(tmp_path_factory):
             "BEDGEN_PUBLIC": "1",
             "BEDGEN_CHECKPOINTS": str(root / "checkpoints"),
             "BEDGEN_DEFAULT_MODEL": str(root / "checkpoints" / "tiny"),
-            "BEDGEN_HUB_MODELS": f"{ALLOWED},bedgen-org/*",
+            "BEDGEN_HUB_MODELS": f"{ALLOWED},{ALLOWED}@{SHA},bedgen-org/*",  # a commit is allowed by name
             "BEDGEN_REFERENCES": str(root / "references"),
             "BEDGEN_INCEPTION_WEIGHTS": str(inception),
             "BEDGEN_DATA_ROOTS": str(root / "rooms"),

@@ -396,8 +396,8 @@ def test_model_policy_confines_local_models_and_hub_ids(tmp_path):
     for ref in [str(tmp_path / "outside"), str(checkpoints / "link-out"), str(checkpoints / ".." / "outside")]:
         with pytest.raises(BedgenError, match="checkpoints folder only"):
             public.check(ref)
-    assert public.check("google/ddpm-ema-bedroom-256") and public.check("bedgen-org/any@v1")
-    for ref in ["someone/else", "google/ddpm-bedroom-256"]:
+    assert public.check("google/ddpm-ema-bedroom-256") and public.check("bedgen-org/any")
+    for ref in ["someone/else", "google/ddpm-bedroom-256", "bedgen-org/any@v1"]:  # entries allow main only
         with pytest.raises(BedgenError, match="not served by this app"):
             public.check(ref)
     for ref in ["", "   ", None, 5, "x" * 600, "a\x00b"]:

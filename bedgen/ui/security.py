@@ -8,7 +8,8 @@ loading). The CLI and the library take any folder.
 An app is *public* on a Hugging Face Space (``SPACE_ID`` is set there), with
 ``--share`` or with ``BEDGEN_PUBLIC=1``. Then also
 
-- Hub models come only from the allow-list (``BEDGEN_HUB_MODELS``, default the curated list);
+- Hub models come only from the allow-list (``BEDGEN_HUB_MODELS``, default the curated list),
+  each entry at the revision it names (see :meth:`ModelPolicy.allows_hub`);
 - the Train tab exists only when ``BEDGEN_ENABLE_TRAINING=1`` *and* ``BEDGEN_AUTH``
   is set, because training reads server folders and runs long jobs.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import BedgenError
-from ..hub import hub_cache, inside, require_hub_ref
+from ..hub import HubRef, hub_cache, inside, require_hub_ref
 
 __all__ = ["ModelPolicy", "inside", "local_folder", "parse_auth", "without_server_paths"]
 
@@ -99,7 +100,7 @@ class ModelPolicy:
 
     checkpoints: Path
     public: bool = False
-    hub_allow: tuple[str, ...] = ()  # repo ids or fnmatch patterns (org/*); used when public
+    hub_allow: tuple[str, ...] = ()  # org/name[@revision], fnmatch patterns allowed (org/*, @*); used when public
 
     def check(self, ref: object) -> str:
         """The ref to load: a local model as its resolved folder (so nothing resolves it again
@@ -116,12 +117,20 @@ class ModelPolicy:
                                   "checkpoints folder only; choose one from the list")
             return str(local)
         hub = require_hub_ref(text)
-        if self.public and not self._allowed(hub.repo_id):
+        if self.public and not self.allows_hub(hub):
             raise BedgenError(
-                f"Hub model '{hub.repo_id}' is not served by this app; choose one from the list "
+                f"Hub model '{hub}' is not served by this app; choose one from the list "
                 "(the app's owner allows more through BEDGEN_HUB_MODELS)"
             )
         return str(hub)
+
+    def allows(self, ref: object) -> bool:
+        """Whether :meth:`check` accepts ``ref`` (what the model lists show)."""
+        try:
+            self.check(ref)
+        except BedgenError:
+            return False
+        return True
 
     def check_loaded(self, ref: str, folder: Path) -> None:
         """After resolution: the folder a ref was loaded from (a run's latest checkpoint, a
@@ -130,5 +139,17 @@ class ModelPolicy:
             raise BedgenError(f"model '{ref}' resolved to a folder outside the checkpoints folder and the "
                               "Hub cache; this app does not serve it")
 
-    def _allowed(self, repo_id: str) -> bool:
-        return any(fnmatch.fnmatchcase(repo_id, pattern) for pattern in self.hub_allow)
+    def allows_hub(self, hub: HubRef) -> bool:
+        """An allow-list entry ``org/name`` (or ``org/*``) allows the default branch (no revision,
+        or ``@main``); ``org/name@REV`` allows that revision only, REV a pattern too (``@*``: all).
+
+        Never every revision of a listed repo: anyone may open a pull request on a public Hub
+        repo, and its files load as ``org/name@refs/pr/N`` or by their commit hash, so that
+        would let anyone choose the weights a public app serves.
+        """
+        revision = hub.revision or "main"
+        for entry in self.hub_allow:
+            repo_pattern, _, revision_pattern = entry.partition("@")
+            if fnmatch.fnmatchcase(hub.repo_id, repo_pattern) and fnmatch.fnmatchcase(revision, revision_pattern or "main"):
+                return True
+        return False
