@@ -57,13 +57,17 @@ def _describe_local(path: Path) -> str:
 
 
 def all_models(root: Path | None = None, hub: tuple[str, ...] | None = None) -> list[ModelEntry]:
-    """Local checkpoints, then the Hub models ``hub`` (default: those pushed from this machine, then the curated list)."""
-    if hub is None:
-        pushed = pushed_models()
-        seen = {entry.ref for entry in pushed}
-        return local_models(root) + pushed + [e for e in CURATED_HUB_MODELS if e.ref not in seen]
+    """Local checkpoints, then the models pushed from this machine, then the Hub models ``hub``
+    (default: the curated list); each ref once."""
     known = {entry.ref: entry for entry in CURATED_HUB_MODELS}
-    return local_models(root) + [known.get(ref, ModelEntry(ref, "hub", "Hub model")) for ref in hub]
+    listed = list(CURATED_HUB_MODELS) if hub is None else [known.get(ref, ModelEntry(ref, "hub", "Hub model")) for ref in hub]
+    seen: set[str] = set()
+    entries = []
+    for entry in local_models(root) + pushed_models() + listed:
+        if entry.ref not in seen:
+            seen.add(entry.ref)
+            entries.append(entry)
+    return entries
 
 
 # --- models pushed from this machine ------------------------------------------------------

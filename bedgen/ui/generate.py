@@ -34,8 +34,12 @@ class GenerateOutput:
 
 
 def model_choices(settings: AppSettings) -> list[tuple[str, str]]:
-    """(label, ref) pairs: local checkpoints first, then the curated Hub models."""
-    return [(f"{e.ref}  ({e.source})", e.ref) for e in all_models(settings.checkpoints, settings.hub_models)]
+    """(label, ref) pairs: local checkpoints, the models pushed from this machine, then the Hub
+    models of the settings; only those the app serves (its ModelPolicy: in public mode the
+    allow-list), so no listed model is refused, and no allow-list pattern (``org/*``) is listed."""
+    policy = settings.model_policy
+    return [(f"{e.ref}  ({e.source})", e.ref) for e in all_models(settings.checkpoints, settings.hub_models)
+            if policy.allows(e.ref)]
 
 
 def describe_model(ref: str, settings: AppSettings) -> str:
