@@ -4,7 +4,8 @@ The run is a ``bedgen train`` process (it survives page reloads and keeps the
 request threads free); the tab reads what the trainer writes to its run folder:
 ``bedgen-run.json`` (status, latest checkpoint), ``metrics.jsonl`` (loss curve)
 and ``previews/latest.png``. Runs are created under the checkpoints folder, so
-every checkpoint shows up in the Generate tab's model list.
+every checkpoint shows up in the Generate tab's model list; once a run has stopped,
+its "Push to the Hub" section (:mod:`bedgen.ui.push`) publishes it.
 """
 
 from __future__ import annotations
@@ -118,6 +119,15 @@ class TrainingJobs:
             # SIGTERM: the trainer finishes its step, writes a checkpoint and exits.
             self.process.send_signal(signal.SIGTERM)
             return f"stopping {self.run_dir.name}: finishing the current step and writing a checkpoint"
+
+    def finished_run(self) -> Path:
+        """The run the tab may push: its last one, once that has stopped (finished, stopped or failed)."""
+        with self._lock:
+            if self.run_dir is None:
+                raise BedgenError("no run to push: train or fine-tune one in this tab first")
+            if self.running():
+                raise BedgenError(f"'{self.run_dir.name}' is still training; push it once it has finished or been stopped")
+            return self.run_dir
 
     def log_tail(self, lines: int = 5) -> str:
         if self.run_dir is None:
@@ -310,6 +320,7 @@ def read_status(jobs: TrainingJobs) -> tuple[str, list[dict[str, Any]], str | No
 
 def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
     from .generate import model_choices
+    from .push import build_push_section
 
     jobs = TrainingJobs(settings)
     roots = ", ".join(f"`{r}`" for r in settings.data_roots) or "none"
@@ -351,6 +362,7 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
             status = gr.Markdown("No run started yet.", elem_id="train-status")
             curve = gr.LinePlot(x="step", y="loss", title="Training loss", height=260)
             preview = gr.Image(label="Latest preview (EMA weights, fixed seeds)", type="filepath", height=320)
+            push_section = build_push_section(settings, jobs, model_dropdown)
 
     def on_mode(chosen: str):
         tuning = chosen == "finetune"
@@ -383,7 +395,8 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
 
         text, losses, image = read_status(jobs)
         frame = pd.DataFrame([{"step": r["step"], "loss": r["loss"]} for r in losses], columns=["step", "loss"])
-        return text, frame, image, gr.Dropdown(choices=model_choices(settings))
+        stopped = jobs.run_dir is not None and not jobs.running()
+        return text, frame, image, gr.Dropdown(choices=model_choices(settings)), gr.Accordion(visible=stopped)
 
     start.click(on_start, [data, preset, resolution, max_steps, batch_size, lr, optimizer, run_name, autoencoder],
                 status,
@@ -392,8 +405,8 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
                                              run_name], status, api_name="finetune_start", concurrency_limit=None)
     stop.click(lambda: jobs.stop(), None, status, api_name="train_stop", concurrency_limit=None)
     poll = gr.Button("Refresh status", size="sm", elem_id="train-refresh")
-    poll.click(on_status, None, [status, curve, preview, model_dropdown], api_name="train_status",
+    poll.click(on_status, None, [status, curve, preview, model_dropdown, push_section], api_name="train_status",
                concurrency_limit=None)
     timer = gr.Timer(2.0)
-    timer.tick(on_status, None, [status, curve, preview, model_dropdown], api_visibility="private",
+    timer.tick(on_status, None, [status, curve, preview, model_dropdown, push_section], api_visibility="private",
                concurrency_limit=None, show_progress="hidden")
