@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -476,13 +477,19 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .neighbours import LpipsIndex, build_index, index_is_complete
 
     was_complete = index_is_complete(args.out)
+    created = _first_missing(args.out)
     _check_writable(args.out)
-    with TqdmProgress("embedding", unit="img") as progress:
-        path = build_index(
-            args.data, args.out, resolution=args.resolution, net=args.net, lpips_weights=args.lpips_weights,
-            square=args.square, fraction=args.fraction, batch_size=args.batch_size, shard_size=args.shard_size,
-            progress=progress, image_column=args.image_column, device=args.device,
-        )
+    try:
+        with TqdmProgress("embedding", unit="img") as progress:
+            path = build_index(
+                args.data, args.out, resolution=args.resolution, net=args.net, lpips_weights=args.lpips_weights,
+                square=args.square, fraction=args.fraction, batch_size=args.batch_size,
+                shard_size=args.shard_size, progress=progress, image_column=args.image_column, device=args.device,
+            )
+    except BaseException:
+        if created is not None:
+            _remove_unstarted_index(args.out, created)
+        raise
     index = LpipsIndex.open(path)
     skipped = index.manifest["skipped"]
     typical = index.typical_nn.get("median")
@@ -491,6 +498,29 @@ def cmd_index(args: argparse.Namespace) -> int:
           + (f"; skipped {skipped} unreadable" if skipped else "")
           + (f"; typical nearest-neighbour LPIPS {typical:.4f}" if typical is not None else ""))
     return 0
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (None: it exists)."""
+    missing = None
+    for candidate in (folder.absolute(), *folder.absolute().parents):
+        if candidate.exists():
+            return missing
+        missing = candidate
+    return missing
+
+
+def _remove_unstarted_index(out: Path, created: Path) -> None:
+    """After a failed ``bedgen index``: remove the folders it created (``created`` holds ``out``),
+    unless the index holds embedded images (kept: rerunning the command resumes from them)."""
+    from .neighbours import MANIFEST
+
+    try:
+        manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
+    except (OSError, ValueError):
+        return  # unreadable: left for the user to look at
+    if not manifest.get("shards"):
+        shutil.rmtree(created, ignore_errors=True)
 
 
 def _add_neighbours(sub: argparse._SubParsersAction) -> None:

@@ -376,3 +376,52 @@ def test_sweep_view_is_confined_to_its_folder(tmp_path):
         show_sweep(tmp_path / "sweeps", "../outside")
     with pytest.raises(BedgenError, match="choose a sweep"):
         show_sweep(tmp_path / "sweeps", "")
+
+
+def test_an_empty_index_choice_asks_for_one_of_the_listed_indexes(client, app_server):
+    room = app_server.log.parent / "rooms" / "room-00001.png"
+    with pytest.raises(Exception) as raised:
+        _neighbours(client, "", room)
+    assert "choose an index in the Index list" in str(raised.value) and "build one" not in str(raised.value)
+
+
+# --- junk through the raw HTTP route ------------------------------------------------------------
+
+
+def _raw_call(url: str, api: str, data: list) -> tuple[str, object]:
+    """POST /gradio_api/call/<api> as any HTTP client would, then read the result stream."""
+    import json
+    import re
+
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120) as http:
+        posted = http.post(f"gradio_api/call/{api}", json={"data": data})
+        posted.raise_for_status()
+        stream = http.get(f"gradio_api/call/{api}/{posted.json()['event_id']}").text
+    event, payload = re.findall(r"^event: (\w+)\ndata: (.*)$", stream, flags=re.M)[-1]
+    return event, json.loads(payload)
+
+
+def test_a_megabyte_of_junk_is_refused_in_one_short_line_and_logged_in_one(app_server):
+    junk = "€x" * 2**19  # a megabyte, as a model name, a seed, a reference and a data folder
+    model = str(app_server.log.parent / "checkpoints" / "tiny")
+    calls = [
+        ("generate", [junk, 0, 2, "auto", 1, False, 0]),
+        ("generate", [model, junk, 2, "auto", 1, False, 0]),
+        ("evaluate", [model, junk, 4, 2, "auto", ["fid"], 0]),
+        ("train_start", [junk, "tiny", 16, 2, 4, 1e-3, "adamw", "junk-run", ""]),
+    ]
+    log_before = app_server.log.stat().st_size
+    for api, data in calls:
+        event, message = _raw_call(app_server.url, api, data)
+        text = message["error"] if isinstance(message, dict) else str(message)
+        assert event == "error", (api, text[:200])
+        assert len(text) < 500 and "€x" * 50 not in text, (api, text[:600])  # quoted values are clipped
+    with open(app_server.log, encoding="utf-8", errors="replace") as log:
+        log.seek(log_before)
+        written = log.read()
+    assert "Traceback" not in written and len(written) < 500 * len(calls), written[:2000]
+    assert len([line for line in written.splitlines() if "refused" in line]) == len(calls), written[:2000]
+    gallery, _, _ = _generate(client=Client(app_server.url, verbose=False), app_server=app_server, n=1)
+    assert len(gallery) == 1

@@ -29,6 +29,11 @@ def page(app_server, tmp_path_factory):
         browser.close()
 
 
+def test_output_galleries_are_not_drop_zones(page):
+    page.locator("#generate-gallery").wait_for(state="visible")
+    assert page.get_by_text("Drop Media Here").count() == 0
+
+
 def test_click_generate_shows_images(page, tmp_path):
     page.click("#generate-button")
     images = page.locator("#generate-gallery img")
@@ -79,6 +84,10 @@ def test_interpolate_tab_upload_two_images_move_the_slider_see_frames(page, room
     page.get_by_text("frame(s)").first.wait_for(timeout=60_000)
     _loaded_images(page, "#interp-frames img", 8)
     assert "noise, t = 0.5" in page.locator("#interp-status").inner_text()
+    # 16 px frames are shown at least 256 px high, the animation and the strip too.
+    for selector in ("#interp-frames img", "#interp-gif img", "#interp-strip img"):
+        _loaded_images(page, selector, 1)
+        assert page.locator(selector).first.evaluate("i => i.naturalHeight") >= 256, selector
     # Moving λ recomputes the middle image; the status then reports a single frame.
     slider = page.locator("#interp-weight input[type=range]")
     slider.fill("0.8")
@@ -126,3 +135,112 @@ def test_train_tab_fine_tune_mode_switches_fields_and_explains_errors(page):
     page.get_by_text("give the model to fine-tune").first.wait_for(timeout=30_000)
     page.get_by_label("Train from a preset").check()
     page.locator("#train-start").wait_for(state="visible", timeout=30_000)
+
+
+def _natural_widths(page, selector):
+    return page.locator(selector).evaluate_all("images => images.map(i => i.naturalWidth)")
+
+
+def _option(page, dropdown_id, text):
+    """The option of a dropdown whose label contains ``text`` (the list filtered by typing it)."""
+    page.locator(f"#{dropdown_id} input").fill(text)
+    return page.locator(f"#{dropdown_id} [data-testid=dropdown-option]", has_text=text)
+
+
+@pytest.fixture(scope="module")
+def later_model(page, app_server):
+    """A 32 px model that appears in the checkpoints folder after the page has loaded."""
+    from conftest import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(app_server.log.parent / "checkpoints" / "trained-later", seed=6, resolution=32)
+
+
+def test_a_model_trained_while_the_app_runs_is_listed_after_refresh_and_reload(page, later_model):
+    page.get_by_role("tab", name="Generate").click()
+    page.click("#generate-refresh")
+    _option(page, "generate-model", later_model.name).wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Interpolate").click()
+    page.click("#interp-refresh")
+    _option(page, "interp-model", later_model.name).wait_for(timeout=30_000)
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_selector("#generate-button", timeout=60_000)
+    _option(page, "generate-model", later_model.name).wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Interpolate").click()
+    _option(page, "interp-model", later_model.name).wait_for(timeout=30_000)
+
+
+def test_a_32_px_sample_is_shown_large_and_downloaded_at_32_px(page, later_model):
+    page.get_by_role("tab", name="Generate").click()
+    _option(page, "generate-model", later_model.name).click()
+    page.click("#generate-button")
+    page.wait_for_function("name => document.querySelector('#generate-status').innerText.includes(name)",
+                           arg=f"from {later_model}", timeout=60_000)
+    _loaded_images(page, "#generate-gallery img", 1)
+    assert min(_natural_widths(page, "#generate-gallery img")) >= 256
+    page.get_by_text("Samples at the model's own size (downloads)").click()
+    _loaded_images(page, "#generate-native img", 1)
+    assert set(_natural_widths(page, "#generate-native img")) == {32}
+
+
+def test_an_error_stays_in_the_status_area_after_its_pop_up_has_gone(page, app_server):
+    page.get_by_role("tab", name="Nearest neighbours").click()
+    _upload(page, "nn-query", app_server.log.parent / "rooms" / "room-00002.png")
+    index = page.locator("#nn-index input")
+    index.fill(str(app_server.log.parent / "indexes" / "not-built"))
+    index.press("Enter")
+    page.click("#nn-button")
+    toast = page.locator("[data-testid=toast-body]")
+    toast.first.wait_for(timeout=30_000)
+    assert "build one with bedgen index" in toast.first.inner_text()  # no Markdown backticks in the pop-up
+    status = page.locator("#nn-status")
+    status.get_by_text("no LPIPS index at").wait_for(timeout=30_000)
+    toast.first.wait_for(state="detached", timeout=30_000)  # Gradio closes its pop-up after 10 s
+    page.wait_for_timeout(5_000)
+    assert "no LPIPS index at" in status.inner_text() and "build one with" in status.inner_text()
+    assert page.locator("#nn-gallery").get_by_text("Error", exact=True).count() == 0  # no bare badge
+    page.reload(wait_until="domcontentloaded")  # the next tests start from the listed index again
+    page.wait_for_selector("#generate-button", timeout=60_000)
+
+
+def test_train_status_polling_shows_no_progress_text(page):
+    page.get_by_role("tab", name="Train").click()
+    page.evaluate("""() => { const status = document.querySelector('#train-status'); window.trainTexts = [];
+        new MutationObserver(() => window.trainTexts.push(status.innerText))
+            .observe(status, {subtree: true, childList: true, characterData: true, attributes: true}); }""")
+    for _ in range(4):  # the timer polls the status every 2 s, each poll a request to the queue
+        with page.expect_request(lambda r: "queue/join" in r.url, timeout=30_000):
+            pass
+    texts = page.evaluate("window.trainTexts")
+    assert not [t for t in texts if "processing" in t or "queue:" in t], texts[:5]
+
+
+def test_train_loss_plot_has_numeric_axes_and_falls_with_the_loss(page, app_server):
+    import json
+    import time
+
+    (app_server.log.parent / "data" / "no-images").mkdir(parents=True, exist_ok=True)
+    name = f"plot-{time.time_ns()}"
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-loss [aria-roledescription=axis]").first.wait_for(timeout=30_000)  # the empty plot
+    page.get_by_label("Train from a preset").check()
+    page.get_by_label("Run name (folder under the checkpoints folder)").fill(name)
+    page.get_by_label("Data source").fill("data/no-images")
+    page.click("#train-start")
+    page.locator("#train-status").get_by_text(name).wait_for(timeout=30_000)
+    # The curve the trainer would write (this run has no images, so it writes none itself).
+    losses = [(10, 1.08), (20, 0.52), (30, 0.21), (40, 0.04)]
+    run = app_server.log.parent / "checkpoints" / name
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": v, "max_steps": 40}) + "\n"
+                                               for s, v in losses))
+    line = page.locator("#train-loss path[aria-roledescription='line mark']")
+    page.wait_for_function("""() => { const l = document.querySelector("#train-loss path[aria-roledescription='line mark']");
+        return l && (l.getAttribute('d').match(/L/g) || []).length === 3; }""", timeout=30_000)
+    axes = page.locator("#train-loss [aria-roledescription=axis]").evaluate_all(
+        "axes => axes.map(a => a.getAttribute('aria-label'))")
+    assert any(a.startswith("X-axis titled 'step' for a linear scale") for a in axes), axes
+    assert any(a.startswith("Y-axis titled 'loss' for a linear scale") for a in axes), axes
+    points = [tuple(map(float, p.split(","))) for p in line.get_attribute("d")[1:].split("L")]
+    xs, ys = zip(*points)
+    assert list(xs) == sorted(xs) and len(set(xs)) == 4  # steps left to right
+    assert list(ys) == sorted(ys) and len(set(ys)) == 4  # a falling loss is drawn falling (SVG y grows downwards)

@@ -121,3 +121,31 @@ def test_console_script_is_installed():
         pytest.skip("the package is not pip-installed in this environment (tests/run.sh installs it)")
     run = subprocess.run(["bedgen", "--version"], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.startswith("bedgen ")
+
+
+def test_a_failed_index_removes_the_folder_it_created_and_keeps_one_that_existed(capsys, tmp_path):
+    from synthetic import write_rooms
+
+    (tmp_path / "no-images").mkdir()
+    write_rooms(tmp_path / "rooms", 2, size=24)
+    cases = [  # fails reading the data; fails loading the LPIPS backbone, after the data opened
+        ["--data", str(tmp_path / "no-images")],
+        ["--data", str(tmp_path / "rooms"), "--lpips-weights", str(tmp_path / "missing.safetensors")],
+    ]
+    for i, args in enumerate(cases):
+        created = tmp_path / f"new-{i}" / "index"
+        code, _, err = bedgen_in_process(capsys, "index", *args, "--out", str(created), "--resolution", "16")
+        assert code == 2 and "error" in err, err
+        assert not created.parent.exists()  # nor the parent it made for it
+        existing = tmp_path / f"kept-{i}"
+        existing.mkdir()
+        code, _, err = bedgen_in_process(capsys, "index", *args, "--out", str(existing), "--resolution", "16")
+        assert code == 2 and existing.is_dir(), err
+
+
+def test_folders_the_tools_write_into_are_ignored_by_git():
+    from pathlib import Path
+
+    ignored = (Path(__file__).resolve().parent.parent / ".gitignore").read_text().split()
+    for folder in ("/data/", "/references/", "/indexes/", "/runs/", "/samples/"):
+        assert folder in ignored, folder

@@ -8,6 +8,7 @@ import gradio as gr
 
 from .cache import PipelineCache
 from .components import gallery_image
+from .errors import listen
 from .evaluate import build_evaluate_tab
 from .generate import build_generate_tab
 from .guard import GuardSettings, middleware
@@ -31,13 +32,13 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
-                generate = build_generate_tab(settings, cache)
+                generate = build_generate_tab(settings, cache, demo)
             with gr.Tab("Interpolate", id="interpolate"):
-                build_interpolate_tab(settings, cache, generate["gallery"], generate["selected"])
+                build_interpolate_tab(settings, cache, demo, generate["gallery"], generate["selected"])
             with gr.Tab("Nearest neighbours", id="neighbours"):
-                neighbours = build_neighbours_tab(settings, generate["gallery"], generate["selected"])
+                neighbours = build_neighbours_tab(settings, demo, generate["gallery"], generate["selected"])
             with gr.Tab("Evaluate", id="evaluate"):
-                build_evaluate_tab(settings, cache)
+                build_evaluate_tab(settings, cache, demo)
             if settings.training_enabled:
                 with gr.Tab("Train", id="train"):
                     build_train_tab(settings, generate["model"])
@@ -54,13 +55,22 @@ def _wire_find_neighbours(generate: dict, neighbours: dict, tabs: gr.Tabs) -> No
     def take_sample(gallery, selected):
         return gallery_image(gallery, selected), gr.Tabs(selected="neighbours")
 
-    generate["find_neighbours"].click(
-        take_sample, [generate["gallery"], generate["selected"]], [neighbours["query"], tabs],
+    taken = listen(
+        generate["find_neighbours"].click, take_sample, [generate["gallery"], generate["selected"]],
+        [neighbours["query"], tabs], what="taking the generated image", status=neighbours["status"],
         api_name="find_neighbours_of_generated", queue=False,
-    ).success(
-        neighbours["search"], [neighbours["index"], neighbours["query"], neighbours["k"]], neighbours["outputs"],
+    )
+    listen(
+        taken.success, neighbours["search"], [neighbours["index"], neighbours["query"], neighbours["k"]],
+        neighbours["outputs"], what="neighbour search", status=neighbours["status"],
         api_name="neighbours_of_generated",
     )
+
+
+# Events that poll (the Train tab's timer) show no progress: Gradio then makes their progress
+# text transparent, yet keeps it in the page, where it is read out ("processing 0.1/0.2s")
+# and copied along with the status it covers. Taken out of the page instead.
+APP_CSS = '[data-testid="status-tracker"].hidden { display: none !important; }'
 
 
 ENVIRONMENT_HELP = """environment variables (all optional; the README has the full table):
@@ -95,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_app(settings)
     demo.launch(
         server_name=args.host, server_port=args.port, share=args.share,
-        auth=list(settings.auth) or None, max_file_size=f"{settings.max_upload_mb}mb",
+        auth=list(settings.auth) or None, max_file_size=f"{settings.max_upload_mb}mb", css=APP_CSS,
         # Hosts, login throttle and per-visitor work (bedgen.ui.guard), in front of every route.
         app_kwargs={"middleware": [middleware(guard, demo)]},
         # Gradio's start-up self-check fetches the page once with a 3 s timeout and stops the

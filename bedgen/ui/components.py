@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 from gradio.context import LocalContext
 
+from .errors import RefusedInput
 from .security import inside
 
 
@@ -52,6 +53,14 @@ class ImageUpload(gr.Image):
     is_template = True
 
     def preprocess(self, payload: Any) -> Any:
+        # A refusal is handed to the event, which reports it like its own errors (bedgen.ui.errors):
+        # raised here, Gradio would show it only in a pop-up that closes after a while.
+        try:
+            return self._read(payload)
+        except gr.Error as refused:
+            return RefusedInput(refused.message)
+
+    def _read(self, payload: Any) -> Any:
         if payload is None:
             return None
         if payload.path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,11 +16,11 @@ from ..schedulers import ALL_SAMPLERS
 from ..sweep import find_sweeps
 from .cache import PipelineCache
 from .components import RawNumber, RawSlider, on_gpu
-from .generate import AUTO, _whole, model_choices
+from .errors import listen
+from .generate import AUTO, model_choices, whole_number
 from .security import without_server_paths
 from .settings import AppSettings
 
-log = logging.getLogger(__name__)
 METRIC_LABELS = {"fid": "FID", "kid": "KID", "is": "Inception Score", "pr": "precision / recall"}
 
 
@@ -89,9 +88,9 @@ def run_evaluate(
 def _run_evaluate(cache: PipelineCache, settings: AppSettings, model: Any, reference: Any, num_samples: Any,
                   steps: Any, sampler: Any, metrics: Any, seed: Any,
                   progress: Callable[[int, int, str], None] | None) -> EvaluateOutput:
-    n = _whole("number of samples", num_samples, 2, settings.max_eval_samples)
-    steps = _whole("steps", steps, 1, settings.max_steps)
-    seed = _whole("seed", seed, 0, 2**31 - 1)
+    n = whole_number("number of samples", num_samples, 2, settings.max_eval_samples)
+    steps = whole_number("steps", steps, 1, settings.max_steps)
+    seed = whole_number("seed", seed, 0, 2**31 - 1)
     wanted = parse_metrics(metrics if isinstance(metrics, (list, tuple, str)) else [])
     path = resolve_reference(settings.references, reference)
     if not isinstance(model, str) or not model.strip():
@@ -168,7 +167,7 @@ def _read_png(path: Path) -> Image.Image:
 # --- layout ------------------------------------------------------------------------------
 
 
-def build_evaluate_tab(settings: AppSettings, cache: PipelineCache) -> None:
+def build_evaluate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.Blocks) -> None:
     gr.Markdown(
         "FID (and KID, Inception Score, precision/recall) of a model's samples against reference "
         f"statistics under `{settings.references}` (`bedgen ref-stats --data SRC --resolution R --out "
@@ -178,11 +177,11 @@ def build_evaluate_tab(settings: AppSettings, cache: PipelineCache) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             model = gr.Dropdown(model_choices(settings), value=settings.default_model, label="Model",
-                                allow_custom_value=True)
+                                allow_custom_value=True, elem_id="eval-model")
             references = reference_choices(settings.references)
             reference = gr.Dropdown(references, value=references[0][1] if references else None, label="Reference",
                                     allow_custom_value=True, elem_id="eval-reference")
-            refresh = gr.Button("↻ Refresh models and references", size="sm")
+            refresh = gr.Button("↻ Refresh models and references", size="sm", elem_id="eval-refresh")
             num_samples = RawSlider(2, settings.max_eval_samples, value=min(100, settings.max_eval_samples), step=1,
                                     label="Samples")
             steps = RawSlider(1, min(settings.max_steps, 1000), value=20, step=1, label="Steps")
@@ -201,23 +200,26 @@ def build_evaluate_tab(settings: AppSettings, cache: PipelineCache) -> None:
         def report(done: int, total: int, stage: str) -> None:
             progress((done, total), desc=stage, unit="images")
 
-        try:
-            out = run_evaluate(cache, settings, model_ref, reference_path, n, steps_value, sampler_name, chosen,
-                               seed_value, report)
-        except BedgenError as e:
-            raise gr.Error(str(e)) from e
-        except Exception as e:  # never take the app down; keep the cause in the log
-            log.exception("evaluation failed")
-            raise gr.Error(f"evaluation failed: {type(e).__name__}: {e}") from e
+        out = run_evaluate(cache, settings, model_ref, reference_path, n, steps_value, sampler_name, chosen,
+                           seed_value, report)
         return out.summary, json.dumps(out.result, indent=2)
 
-    button.click(on_gpu(on_evaluate), [model, reference, num_samples, steps, sampler, metrics, seed], [summary, result],
-                 api_name="evaluate", concurrency_limit=settings.concurrency, concurrency_id="gpu")
+    listen(button.click, on_gpu(on_evaluate), [model, reference, num_samples, steps, sampler, metrics, seed],
+           [summary, result], what="evaluation", status=summary,
+           api_name="evaluate", concurrency_limit=settings.concurrency, concurrency_id="gpu")
     refresh.click(
         lambda: (gr.Dropdown(choices=model_choices(settings)),
                  gr.Dropdown(choices=reference_choices(settings.references))),
         None, [model, reference], api_name="refresh_references", queue=False,
     )
+
+    def on_page_load():  # models and references made while the app runs are listed
+        found = reference_choices(settings.references)
+        return (gr.Dropdown(choices=model_choices(settings)),
+                gr.Dropdown(choices=found, value=found[0][1] if found else None))
+
+    demo.load(on_page_load, None, [model, reference], queue=False, show_progress="hidden",
+              api_visibility="private")
     _build_sweeps_section(settings)
 
 
@@ -232,14 +234,9 @@ def _build_sweeps_section(settings: AppSettings) -> None:
         refresh = gr.Button("↻ Refresh sweeps", size="sm", scale=1)
         show = gr.Button("Show", size="sm", scale=1, elem_id="sweep-show")
     table = gr.Markdown(elem_id="sweep-table")
-    plots = gr.Gallery(label="Plots", columns=2, elem_id="sweep-plots", format="png")
+    plots = gr.Gallery(label="Plots", columns=2, elem_id="sweep-plots", format="png", interactive=False)
 
-    def on_show(choice):
-        try:
-            return show_sweep(root, choice)
-        except BedgenError as e:
-            raise gr.Error(str(e)) from e
-
-    show.click(on_show, sweep, [table, plots], api_name="sweep_report", queue=False)
+    listen(show.click, lambda choice: show_sweep(root, choice), sweep, [table, plots], what="showing the sweep",
+           status=table, api_name="sweep_report", queue=False)
     refresh.click(lambda: gr.Dropdown(choices=sweep_choices(root)), None, sweep, api_name="refresh_sweeps",
                   queue=False)

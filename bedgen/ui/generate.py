@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import numbers
 import random
@@ -19,9 +18,10 @@ from ..registry import CURATED_HUB_MODELS, all_models
 from ..schedulers import ALL_SAMPLERS
 from .cache import PipelineCache
 from .components import RawNumber, RawSlider, on_gpu
+from .display import display_gallery, enlarged_items
+from .errors import clip, listen
 from .settings import AppSettings
 
-log = logging.getLogger(__name__)
 AUTO = "auto"
 TRAJECTORY_FRAMES = 8
 
@@ -46,7 +46,7 @@ def describe_model(ref: str, settings: AppSettings) -> str:
     for entry in all_models(settings.checkpoints, settings.hub_models):
         if entry.ref == ref:
             return f"**{entry.ref}** ({entry.source}): {entry.description}"
-    return f"**{ref}**: loaded on first use (local folder or Hub id)"
+    return f"**{clip(str(ref))}**: loaded on first use (local folder or Hub id)"
 
 
 def run_generate(
@@ -62,10 +62,10 @@ def run_generate(
     step_size: Any = None,
 ) -> GenerateOutput:
     """Typed core of the Generate event; raises BedgenError on bad input."""
-    n = _whole("number of images", num_images, 1, settings.max_images)
+    n = whole_number("number of images", num_images, 1, settings.max_images)
     step_size = _optional_positive("step size", step_size)
-    steps = _whole("steps", steps, 1, settings.max_steps)
-    seed = _whole("seed", seed, 0, MAX_SEED - n)
+    steps = whole_number("steps", steps, 1, settings.max_steps)
+    seed = whole_number("seed", seed, 0, MAX_SEED - n)
     if not isinstance(model, str) or not model.strip():
         raise BedgenError("choose a model (a local checkpoint folder or a Hub id org/name)")
     sampler = None if sampler in (None, "", AUTO) else sampler
@@ -99,7 +99,7 @@ def _optional_positive(name: str, value: Any) -> float | None:
     return number
 
 
-def _whole(name: str, value: Any, low: int, high: int) -> int:
+def whole_number(name: str, value: Any, low: int, high: int) -> int:
     """A whole number in [low, high], read exactly: never a rounded seed.
 
     Integers are taken as they are and text is read as a decimal (so "9007199254740993"
@@ -133,16 +133,15 @@ def _exact_whole(value: Any) -> int | Decimal | None:
     return None
 
 
-def build_generate_tab(settings: AppSettings, cache: PipelineCache) -> dict[str, gr.components.Component]:
+def build_generate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.Blocks) -> dict[str, Any]:
     """Lay out the tab and wire its events; returns components other tabs may use."""
-    choices = model_choices(settings)
     with gr.Row():
         with gr.Column(scale=1):
             model = gr.Dropdown(
-                choices, value=settings.default_model, label="Model", allow_custom_value=True,
-                info="a local checkpoint or any Hub id org/name[@revision]",
+                model_choices(settings), value=settings.default_model, label="Model", allow_custom_value=True,
+                info="a local checkpoint or any Hub id org/name[@revision]", elem_id="generate-model",
             )
-            refresh = gr.Button("↻ Refresh model list", size="sm")
+            refresh = gr.Button("↻ Refresh model list", size="sm", elem_id="generate-refresh")
             model_info = gr.Markdown(describe_model(settings.default_model, settings))
             with gr.Row():
                 seed = RawNumber(0, label="Seed", precision=0, minimum=0)
@@ -165,43 +164,39 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache) -> dict[str,
                 )
             button = gr.Button("Generate", variant="primary", elem_id="generate-button")
         with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Samples", columns=4, format="png", elem_id="generate-gallery")
-            selected = gr.State(0)  # the gallery image other tabs take ("use last generated image")
+            shown = display_gallery(label="Samples", columns=4, elem_id="generate-gallery")
             find_neighbours = gr.Button("🔎 Find nearest training images", size="sm", elem_id="generate-find-neighbours")
             status = gr.Markdown(elem_id="generate-status")
-            trajectory = gr.Gallery(label="Predicted clean image x̂₀ while denoising", columns=8, format="png")
+            shown_trajectory = display_gallery(label="Predicted clean image x̂₀ while denoising", columns=8)
+            with gr.Accordion("Samples at the model's own size (downloads)", open=False):
+                gallery = gr.Gallery(label="Samples", columns=8, format="png", interactive=False,
+                                     elem_id="generate-native")
+                trajectory = gr.Gallery(label="Trajectory", columns=8, format="png", interactive=False)
+            selected = gr.State(0)  # the gallery image other tabs take ("use last generated image")
 
     def on_generate(model_ref, seed_value, steps_value, sampler_name, n, show, step_size_value,
                     progress=gr.Progress()):
         def report(done: int, total: int) -> None:
             progress((done, total), desc="denoising", unit="steps")
 
-        try:
-            out = run_generate(
-                cache, settings, model_ref, seed_value, steps_value, sampler_name, n, show, report, step_size_value
-            )
-        except BedgenError as e:
-            raise gr.Error(str(e)) from e
-        except Exception as e:  # never take the app down; keep the cause in the log
-            log.exception("generate failed")
-            raise gr.Error(f"generation failed: {type(e).__name__}: {e}") from e
-        return out.gallery, out.trajectory, out.status
+        out = run_generate(
+            cache, settings, model_ref, seed_value, steps_value, sampler_name, n, show, report, step_size_value
+        )
+        return (out.gallery, out.trajectory, out.status,
+                enlarged_items(out.gallery), enlarged_items(out.trajectory))
 
-    button.click(
-        on_gpu(on_generate),
+    listen(
+        button.click, on_gpu(on_generate),
         [model, seed, steps, sampler, num_images, show_trajectory, step_size],
-        [gallery, trajectory, status],
-        api_name="generate",
-        concurrency_limit=settings.concurrency,
-        concurrency_id="gpu",
+        [gallery, trajectory, status, shown, shown_trajectory], what="generation", status=status,
+        api_name="generate", concurrency_limit=settings.concurrency, concurrency_id="gpu",
     )
     randomize.click(lambda: random.randint(0, 2**31 - 1), None, seed, api_name="random_seed", queue=False)
-    refresh.click(
-        lambda: gr.Dropdown(choices=model_choices(settings)), None, model,
-        api_name="refresh_models", queue=False,
-    )
+    # On every page load too: models trained or copied in while the app runs are listed.
+    gr.on([refresh.click, demo.load], lambda: gr.Dropdown(choices=model_choices(settings)), None, model,
+          api_name="refresh_models", queue=False, show_progress="hidden")
     model.change(lambda ref: describe_model(ref, settings), model, model_info, api_name="describe_model", queue=False)
-    gallery.select(_selected_index, None, selected, api_name="select_generated", queue=False)
+    shown.select(_selected_index, None, selected, api_name="select_generated", queue=False)
     return {"model": model, "gallery": gallery, "selected": selected, "find_neighbours": find_neighbours}
 
 

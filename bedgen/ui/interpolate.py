@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,10 +18,11 @@ from ..interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS, Int
 from ..pipeline import MAX_SEED
 from .cache import PipelineCache
 from .components import ImageUpload, RawNumber, RawSlider, gallery_image, on_gpu
-from .generate import _whole, model_choices
+from .display import display_gallery, display_image, enlarged, enlarged_items
+from .errors import listen
+from .generate import model_choices, whole_number
 from .settings import AppSettings
 
-log = logging.getLogger(__name__)
 MAX_UI_FRAMES = 16
 MAX_UI_STEPS = 200
 GIF_KEEP = 64  # animated GIFs kept on disk for the browser; older ones are removed
@@ -61,15 +61,15 @@ def run_interpolate(
     progress: Callable[[int, int], None] | None = None,
 ) -> InterpolateOutput:
     """Typed core of the Run button; raises BedgenError on bad input."""
-    frames = _whole("frames", frames, 2, MAX_UI_FRAMES)
-    steps = _whole("steps", steps, 1, MAX_UI_STEPS)
-    seed = _whole("seed", seed, 0, MAX_SEED)
+    frames = whole_number("frames", frames, 2, MAX_UI_FRAMES)
+    steps = whole_number("steps", steps, 1, MAX_UI_STEPS)
+    seed = whole_number("seed", seed, 0, MAX_SEED)
     pipe = _model(cache, model, image_a, image_b)
     result = interpolate(pipe, image_a, image_b, t=t, frames=frames, method=method, steps=steps,
                          seed=seed, progress=progress)
     gallery = [(frame, f"λ = {w:.2f}") for frame, w in zip(result.frames, result.weights)]
     nearest = min(range(len(result.weights)), key=lambda i: abs(result.weights[i] - _weight(weight)))
-    return InterpolateOutput(gallery, result.frames[nearest], _save_gif(result), result.strip(), _status(result, model))
+    return InterpolateOutput(gallery, result.frames[nearest], _save_gif(result.frames), result.strip(), _status(result, model))
 
 
 def run_weight(
@@ -77,8 +77,8 @@ def run_weight(
     method: str, steps: Any, seed: Any, progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Image.Image, str]:
     """The one frame at λ = ``weight`` (what the slider shows between A and B)."""
-    steps = _whole("steps", steps, 1, MAX_UI_STEPS)
-    seed = _whole("seed", seed, 0, MAX_SEED)
+    steps = whole_number("steps", steps, 1, MAX_UI_STEPS)
+    seed = whole_number("seed", seed, 0, MAX_SEED)
     pipe = _model(cache, model, image_a, image_b)
     result = interpolate(pipe, image_a, image_b, t=t, weights=[weight], method=method, steps=steps,
                          seed=seed, progress=progress)
@@ -107,7 +107,8 @@ def _status(result: InterpolationResult, model: str) -> str:
     )
 
 
-def _save_gif(result: InterpolationResult) -> str:
+def _save_gif(frames: list[Image.Image]) -> str:
+    """The frames as a looping (there and back) animated GIF."""
     # In gradio's own folder: served from there without a copy, and deleted by its cache cleanup
     # (BEDGEN_CACHE_MAX_AGE) like every other output; at most GIF_KEEP are kept meanwhile.
     folder = Path(get_upload_folder()) / "bedgen-interpolations"
@@ -119,36 +120,24 @@ def _save_gif(result: InterpolationResult) -> str:
     for _, stale in sorted(dated)[: max(0, len(dated) - GIF_KEEP)]:
         stale.unlink(missing_ok=True)
     path = folder / f"{int(time.time())}-{uuid.uuid4().hex[:8]}.gif"
-    loop = result.frames + result.frames[-2:0:-1]
+    loop = frames + frames[-2:0:-1]
     loop[0].save(path, save_all=True, append_images=loop[1:], duration=250, loop=0)
     return str(path)
 
 
-def _errors_to_ui(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BedgenError as e:
-            raise gr.Error(str(e)) from e
-        except Exception as e:  # never take the app down; keep the cause in the log
-            log.exception("%s failed", what)
-            raise gr.Error(f"{what} failed: {type(e).__name__}: {e}") from e
-
-    return wrapped
-
-
-def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, generated: gr.Gallery,
+def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.Blocks, generated: gr.Gallery,
                           selected: gr.State) -> None:
     with gr.Row():
         model = gr.Dropdown(model_choices(settings), value=settings.default_model, label="Model",
-                            allow_custom_value=True, info="pixel-space models; the first use loads it")
+                            allow_custom_value=True, info="pixel-space models; the first use loads it",
+                            elem_id="interp-model", scale=4)
+        refresh = gr.Button("↻ Refresh model list", size="sm", elem_id="interp-refresh", scale=1)
     with gr.Row(equal_height=True):
         with gr.Column():
             image_a = ImageUpload(type="filepath", label="Image A", elem_id="interp-a", height=256)
             use_a = gr.Button("Use last generated image", size="sm")
         with gr.Column():
-            middle = gr.Image(label="λ between A and B", interactive=False, elem_id="interp-middle",
-                              height=256, format="png")
+            shown_middle = display_image(label="λ between A and B", elem_id="interp-middle", height=256, format="png")
             weight = RawSlider(0, 1, value=0.5, step=0.05, label="λ (0 = A, 1 = B)", elem_id="interp-weight")
         with gr.Column():
             image_b = ImageUpload(type="filepath", label="Image B", elem_id="interp-b", height=256)
@@ -162,35 +151,50 @@ def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, generated
         seed = RawNumber(0, label="Seed", precision=0, minimum=0)
     button = gr.Button("Interpolate", variant="primary", elem_id="interp-button")
     status = gr.Markdown(elem_id="interp-status")
-    gallery = gr.Gallery(label="Frames", columns=8, format="png", elem_id="interp-frames")
+    shown_frames = display_gallery(label="Frames", columns=8, elem_id="interp-frames")
     with gr.Row():
-        gif = gr.Image(label="Animation", type="filepath", interactive=False, format="gif")
-        strip = gr.Image(label="Strip: A, frames, B", interactive=False, format="png")
+        shown_gif = display_image(label="Animation", type="filepath", format="gif", elem_id="interp-gif")
+        shown_strip = display_image(label="Strip: A, frames, B", format="png", elem_id="interp-strip")
+    with gr.Accordion("Frames at the model's own size (downloads)", open=False):
+        gallery = gr.Gallery(label="Frames", columns=8, format="png", interactive=False)
+        with gr.Row():
+            middle = gr.Image(label="λ between A and B", interactive=False, format="png")
+            gif = gr.Image(label="Animation", type="filepath", interactive=False, format="gif")
+            strip = gr.Image(label="Strip: A, frames, B", interactive=False, format="png")
 
     def on_run(model_ref, a, b, t_value, n, method_name, steps_value, seed_value, w, progress=gr.Progress()):
         def report(done: int, total: int) -> None:
             progress((done, total), desc="denoising", unit="steps")
 
         out = run_interpolate(cache, model_ref, a, b, t_value, n, method_name, steps_value, seed_value, w, report)
-        return out.frames, out.middle, out.gif, out.strip, out.status
+        large = enlarged_items(out.frames)
+        shown_gif = out.gif if large[0][0] is out.frames[0][0] else _save_gif([frame for frame, _ in large])
+        return (out.frames, out.middle, out.gif, out.strip, out.status,
+                large, enlarged(out.middle), shown_gif, enlarged(out.strip))
 
     def on_weight(model_ref, a, b, t_value, w, method_name, steps_value, seed_value, progress=gr.Progress()):
         def report(done: int, total: int) -> None:
             progress((done, total), desc="denoising", unit="steps")
 
-        return run_weight(cache, model_ref, a, b, t_value, w, method_name, steps_value, seed_value, report)
+        frame, text = run_weight(cache, model_ref, a, b, t_value, w, method_name, steps_value, seed_value, report)
+        return frame, text, enlarged(frame)
 
-    button.click(
-        on_gpu(_errors_to_ui(on_run, "interpolation")),
+    listen(
+        button.click, on_gpu(on_run),
         [model, image_a, image_b, t, frames, method, steps, seed, weight],
-        [gallery, middle, gif, strip, status],
+        [gallery, middle, gif, strip, status, shown_frames, shown_middle, shown_gif, shown_strip],
+        what="interpolation", status=status,
         api_name="interpolate", concurrency_limit=settings.concurrency, concurrency_id="gpu",
     )
-    weight.release(
-        on_gpu(_errors_to_ui(on_weight, "interpolation")),
+    listen(
+        weight.release, on_gpu(on_weight),
         [model, image_a, image_b, t, weight, method, steps, seed],
-        [middle, status],
+        [middle, status, shown_middle], what="interpolation", status=status,
         api_name="interpolate_weight", concurrency_limit=settings.concurrency, concurrency_id="gpu",
     )
-    use_a.click(gallery_image, [generated, selected], image_a, api_name="use_generated_a", queue=False)
-    use_b.click(gallery_image, [generated, selected], image_b, api_name="use_generated_b", queue=False)
+    listen(use_a.click, gallery_image, [generated, selected], image_a, what="taking the generated image",
+           status=status, api_name="use_generated_a", queue=False)
+    listen(use_b.click, gallery_image, [generated, selected], image_b, what="taking the generated image",
+           status=status, api_name="use_generated_b", queue=False)
+    gr.on([refresh.click, demo.load], lambda: gr.Dropdown(choices=model_choices(settings)), None, model,
+          api_name="refresh_interpolate_models", queue=False, show_progress="hidden")

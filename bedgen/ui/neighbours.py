@@ -15,8 +15,9 @@ from ..errors import BedgenError
 from ..images import load_image
 from ..neighbours import LpipsIndex, SearchResult, find_indexes, load_neighbour_image
 from .components import ImageUpload, RawSlider, gallery_image
-from .generate import _whole
-from .interpolate import _errors_to_ui
+from .display import display_gallery, enlarged_items
+from .errors import listen
+from .generate import whole_number
 from .settings import AppSettings
 
 MAX_K = 20
@@ -30,6 +31,12 @@ class NeighboursOutput:
     status: str
 
 
+def index_choices(root: Path) -> list[tuple[str, str]]:
+    """(name relative to ``root``, folder) of the complete indexes under ``root``, now."""
+    found = find_indexes(root) if root.is_dir() else []
+    return [(str(p.relative_to(root)) if p.is_relative_to(root) else str(p), str(p)) for p in found]
+
+
 class IndexCache:
     """Opened indexes by folder (each keeps its LPIPS network), shared by requests."""
 
@@ -38,16 +45,12 @@ class IndexCache:
         self._open: dict[Path, LpipsIndex] = {}
         self._lock = threading.Lock()
 
-    def choices(self) -> list[tuple[str, str]]:
-        root = self.settings.indexes
-        found = find_indexes(root) if root.is_dir() else []
-        return [(str(p.relative_to(root)) if p.is_relative_to(root) else str(p), str(p)) for p in found]
-
     def get(self, folder: str) -> LpipsIndex:
         if not isinstance(folder, str) or not folder.strip():
-            raise BedgenError(
-                f"choose an index; build one with `bedgen index --data SRC --out {self.settings.indexes}/NAME`"
-            )
+            if index_choices(self.settings.indexes):
+                raise BedgenError("choose an index in the Index list of the Nearest neighbours tab "
+                                  "(↻ Refresh indexes lists new ones)")
+            raise BedgenError(f"no index yet; build one with `bedgen index --data SRC --out {self.settings.indexes}/NAME`")
         path = Path(folder).expanduser().resolve()
         root = self.settings.indexes.expanduser().resolve()
         if not path.is_relative_to(root):  # the app only reads indexes under its folder
@@ -60,7 +63,7 @@ class IndexCache:
 
 def run_neighbours(indexes: IndexCache, index_folder: str, query: Any, k: Any) -> NeighboursOutput:
     """Typed core of the Search button; raises BedgenError on bad input."""
-    k = _whole("k", k, 1, MAX_K)
+    k = whole_number("k", k, 1, MAX_K)
     if query is None:
         raise BedgenError("upload a query image, or use the last generated image")
     index = indexes.get(index_folder)
@@ -84,9 +87,10 @@ def _verdict(result: SearchResult, count: int) -> str:
     return base + " Not a near-copy."
 
 
-def build_neighbours_tab(settings: AppSettings, generated: gr.Gallery, selected: gr.State) -> dict[str, Any]:
+def build_neighbours_tab(settings: AppSettings, demo: gr.Blocks, generated: gr.Gallery,
+                         selected: gr.State) -> dict[str, Any]:
     indexes = IndexCache(settings)
-    choices = indexes.choices()
+    choices = index_choices(settings.indexes)
     with gr.Row():
         with gr.Column(scale=1):
             query = ImageUpload(type="filepath", label="Query image", elem_id="nn-query", height=256)
@@ -96,22 +100,32 @@ def build_neighbours_tab(settings: AppSettings, generated: gr.Gallery, selected:
                 info=f"LPIPS indexes under {settings.indexes} (bedgen index --data SRC --out {settings.indexes}/NAME)",
                 elem_id="nn-index",
             )
-            refresh = gr.Button("↻ Refresh indexes", size="sm")
+            refresh = gr.Button("↻ Refresh indexes", size="sm", elem_id="nn-refresh")
             k = RawSlider(1, MAX_K, value=5, step=1, label="k (neighbours)")
             button = gr.Button("Find neighbours", variant="primary", elem_id="nn-button")
         with gr.Column(scale=2):
             status = gr.Markdown(elem_id="nn-status")
-            gallery = gr.Gallery(label="Query and its nearest training images", columns=6, format="png",
-                                 elem_id="nn-gallery")
+            shown = display_gallery(label="Query and its nearest training images", columns=6, elem_id="nn-gallery")
             table = gr.Dataframe(headers=TABLE_HEADERS, label="Distances", interactive=False)
+            with gr.Accordion("Images at the index's size (downloads)", open=False):
+                gallery = gr.Gallery(label="Query and its nearest training images", columns=6, format="png",
+                                     interactive=False)
 
-    def on_search(index_folder, image, k_value):
+    def search(index_folder, image, k_value):
         out = run_neighbours(indexes, index_folder, image, k_value)
-        return out.gallery, out.table, out.status
+        return out.gallery, out.table, out.status, enlarged_items(out.gallery)
 
-    search = _errors_to_ui(on_search, "neighbour search")
-    button.click(search, [index, query, k], [gallery, table, status], api_name="neighbours",
-                 concurrency_limit=settings.concurrency, concurrency_id="gpu")
-    use_last.click(gallery_image, [generated, selected], query, api_name="use_generated_query", queue=False)
-    refresh.click(lambda: gr.Dropdown(choices=indexes.choices()), None, index, api_name="refresh_indexes", queue=False)
-    return {"query": query, "index": index, "k": k, "search": search, "outputs": [gallery, table, status]}
+    outputs = [gallery, table, status, shown]
+    listen(button.click, search, [index, query, k], outputs, what="neighbour search", status=status,
+           api_name="neighbours", concurrency_limit=settings.concurrency, concurrency_id="gpu")
+    listen(use_last.click, gallery_image, [generated, selected], query, what="taking the generated image",
+           status=status, api_name="use_generated_query", queue=False)
+    refresh.click(lambda: gr.Dropdown(choices=index_choices(settings.indexes)), None, index,
+                  api_name="refresh_indexes", queue=False)
+
+    def on_page_load():  # indexes built while the app runs are listed, the first one chosen
+        found = index_choices(settings.indexes)
+        return gr.Dropdown(choices=found, value=found[0][1] if found else None)
+
+    demo.load(on_page_load, None, index, queue=False, show_progress="hidden", api_visibility="private")
+    return {"query": query, "index": index, "k": k, "search": search, "outputs": outputs, "status": status}

@@ -8,12 +8,12 @@ or shown to the page, so whoever may train here may publish with it.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 import gradio as gr
 
 from ..errors import BedgenError
+from .errors import listen
 from .security import without_server_paths
 from .settings import AppSettings
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from ..publish import PushResult
     from .train import TrainingJobs
 
-log = logging.getLogger(__name__)
 
 
 def push_run(settings: AppSettings, jobs: "TrainingJobs", repo: Any, private: Any,
@@ -67,16 +66,11 @@ def build_push_section(settings: AppSettings, jobs: "TrainingJobs", model_dropdo
         def report(done: int, total: int, stage: str) -> None:
             progress((done, total), desc=stage)
 
-        try:
-            pushed = push_run(settings, jobs, repo_id, is_private, report)
-        except BedgenError as e:
-            raise gr.Error(str(e)) from e
-        except Exception as e:  # never take the app down; keep the cause in the log
-            log.exception("push failed")
-            raise gr.Error(f"push failed: {type(e).__name__}: {without_server_paths(str(e), [settings.checkpoints])}") from e
+        pushed = push_run(settings, jobs, repo_id, is_private, report)
         return push_summary(pushed), gr.Dropdown(choices=model_choices(settings))
 
     # One push at a time: it samples the grid and uploads; Generate keeps its own slots.
-    button.click(on_push, [repo, private], [result, model_dropdown], api_name="push_to_hub",
-                 concurrency_limit=1, concurrency_id="push")
+    # Errors: one line in `result` (bedgen.ui.errors); a bug's traceback goes to the log only.
+    listen(button.click, on_push, [repo, private], [result, model_dropdown], what="pushing", status=result,
+           api_name="push_to_hub", concurrency_limit=1, concurrency_id="push")
     return section

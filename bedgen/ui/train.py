@@ -19,7 +19,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -27,8 +27,12 @@ from ..config import PRESETS
 from ..errors import BedgenError
 from ..hub import parse_hub_ref
 from .components import RawNumber, RawSlider
+from .errors import listen
 from .security import inside, local_folder
 from .settings import AppSettings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,63}$")
 OPTIMIZERS = ["adamw", "adam", "sgd", "adadelta"]
@@ -142,7 +146,7 @@ class TrainingJobs:
 def check_request(settings: AppSettings, data: Any, preset: Any, resolution: Any, max_steps: Any,
                   batch_size: Any, lr: Any, optimizer: Any, run_name: Any, autoencoder: Any = "") -> TrainRequest:
     """Validate the form; paths must stay inside the configured data roots."""
-    from .generate import _whole
+    from .generate import whole_number
 
     if preset not in PRESETS:
         raise BedgenError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -152,9 +156,9 @@ def check_request(settings: AppSettings, data: Any, preset: Any, resolution: Any
     return TrainRequest(
         data=_check_data_source(settings, data),
         preset=preset,
-        resolution=_whole("resolution", resolution, 8, 1024),
-        max_steps=_whole("steps", max_steps, 1, 10_000_000),
-        batch_size=_whole("batch size", batch_size, 1, 4096),
+        resolution=whole_number("resolution", resolution, 8, 1024),
+        max_steps=whole_number("steps", max_steps, 1, 10_000_000),
+        batch_size=whole_number("batch size", batch_size, 1, 4096),
         lr=rate,
         optimizer=optimizer,
         run_name=run_name.strip(),
@@ -180,7 +184,7 @@ def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any
                            run_name: Any) -> FinetuneJob:
     """Validate the fine-tune form: the model under the checkpoints folder (or a Hub id), the
     instance images under the data roots."""
-    from .generate import _whole
+    from .generate import whole_number
 
     rate = _check_run(run_name, lr)
     try:
@@ -193,9 +197,9 @@ def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any
         model=_check_model_ref(settings, model, "the model to fine-tune"),
         instance_data=_check_data_source(settings, instance_data),
         prior_weight=weight,
-        num_class_images=_whole("class images", num_class_images, 0, 10_000),
-        max_steps=_whole("steps", max_steps, 1, 10_000_000),
-        batch_size=_whole("batch size", batch_size, 1, 4096),
+        num_class_images=whole_number("class images", num_class_images, 0, 10_000),
+        max_steps=whole_number("steps", max_steps, 1, 10_000_000),
+        batch_size=whole_number("batch size", batch_size, 1, 4096),
         lr=rate,
         run_name=run_name.strip(),
     )
@@ -240,18 +244,24 @@ def _check_data_source(settings: AppSettings, data: Any) -> str:
     if not isinstance(data, str) or not data.strip():
         raise BedgenError("give a data source: a folder under the data roots or a Hub dataset id")
     data = data.strip()
-    candidate = Path(data).expanduser()
-    if candidate.is_absolute() or candidate.exists():
-        resolved = candidate.resolve()  # follows symlinks, so a link cannot escape the roots
+    neither = f"'{data}' is neither a folder under the data roots nor a Hub dataset id org/name"
+    try:
+        candidate = Path(data).expanduser()
+        local = candidate.is_absolute() or candidate.exists()
+        resolved = candidate.resolve() if local else None  # follows symlinks, so a link cannot escape the roots
+        found = resolved is not None and resolved.exists()
+    except (OSError, ValueError, RuntimeError):  # a name too long, a NUL byte, a link loop, an unknown ~user
+        raise BedgenError(neither) from None
+    if resolved is not None:
         roots = [root.resolve() for root in settings.data_roots]
         if not any(inside(resolved, root) for root in roots):
             allowed = ", ".join(str(r) for r in roots) or "(none configured)"
             raise BedgenError(f"data folder must be inside the data roots: {allowed} (BEDGEN_DATA_ROOTS)")
-        if not resolved.exists():
+        if not found:
             raise BedgenError(f"data folder '{data}' does not exist")
         return str(resolved)
     if parse_hub_ref(data) is None:
-        raise BedgenError(f"'{data}' is neither a folder under the data roots nor a Hub dataset id org/name")
+        raise BedgenError(neither)
     return data
 
 
@@ -318,6 +328,20 @@ def read_status(jobs: TrainingJobs) -> tuple[str, list[dict[str, Any]], str | No
     return "\n\n".join(parts), losses, str(preview) if preview.is_file() else None
 
 
+def loss_frame(losses: list[dict[str, Any]]) -> "pd.DataFrame":
+    """The loss curve for gr.LinePlot, its columns numeric even when empty.
+
+    The plot fixes each axis's kind (numeric or categorical) from the first value it shows;
+    an empty frame of untyped columns would make both axes categorical for the whole run.
+    """
+    import pandas as pd
+
+    return pd.DataFrame({
+        "step": pd.Series([r["step"] for r in losses], dtype="int64"),
+        "loss": pd.Series([r["loss"] for r in losses], dtype="float64"),
+    })
+
+
 def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
     from .generate import model_choices
     from .push import build_push_section
@@ -358,9 +382,11 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
                 start_finetune = gr.Button("Start fine-tuning", variant="primary", elem_id="finetune-start",
                                            visible=False)
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+            message = gr.Markdown(elem_id="train-message")  # why a start or stop was refused
         with gr.Column(scale=2):
             status = gr.Markdown("No run started yet.", elem_id="train-status")
-            curve = gr.LinePlot(x="step", y="loss", title="Training loss", height=260)
+            curve = gr.LinePlot(loss_frame([]), x="step", y="loss", title="Training loss", height=260,
+                                elem_id="train-loss")
             preview = gr.Image(label="Latest preview (EMA weights, fixed seeds)", type="filepath", height=320)
             push_section = build_push_section(settings, jobs, model_dropdown)
 
@@ -376,37 +402,32 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
                                 source], api_visibility="private")
 
     def on_start(*values):
-        try:
-            request = check_request(settings, *values)
-            run_dir = jobs.start(request)
-        except BedgenError as e:
-            raise gr.Error(str(e)) from e
+        run_dir = jobs.start(check_request(settings, *values))
         return f"**{run_dir.name}**: starting…"
 
     def on_start_finetune(*values):
-        try:
-            run_dir = jobs.start(check_finetune_request(settings, *values))
-        except BedgenError as e:
-            raise gr.Error(str(e)) from e
+        run_dir = jobs.start(check_finetune_request(settings, *values))
         return f"**{run_dir.name}**: sampling class images, then fine-tuning…"
 
     def on_status():
-        import pandas as pd
-
         text, losses, image = read_status(jobs)
-        frame = pd.DataFrame([{"step": r["step"], "loss": r["loss"]} for r in losses], columns=["step", "loss"])
         stopped = jobs.run_dir is not None and not jobs.running()
-        return text, frame, image, gr.Dropdown(choices=model_choices(settings)), gr.Accordion(visible=stopped)
+        return (text, loss_frame(losses), image, gr.Dropdown(choices=model_choices(settings)),
+                gr.Accordion(visible=stopped))
 
-    start.click(on_start, [data, preset, resolution, max_steps, batch_size, lr, optimizer, run_name, autoencoder],
-                status,
-                api_name="train_start", concurrency_limit=None)
-    start_finetune.click(on_start_finetune, [source, instances, prior_weight, class_images, max_steps, batch_size, lr,
-                                             run_name], status, api_name="finetune_start", concurrency_limit=None)
-    stop.click(lambda: jobs.stop(), None, status, api_name="train_stop", concurrency_limit=None)
+    # The status area is rewritten every poll: refusals are kept in the message area instead.
+    kept = {"what": "training", "status": message, "clear_on_success": True, "concurrency_limit": None}
+    listen(start.click, on_start,
+           [data, preset, resolution, max_steps, batch_size, lr, optimizer, run_name, autoencoder], status,
+           api_name="train_start", **kept)
+    listen(start_finetune.click, on_start_finetune,
+           [source, instances, prior_weight, class_images, max_steps, batch_size, lr, run_name], status,
+           api_name="finetune_start", **kept)
+    listen(stop.click, lambda: jobs.stop(), None, status, api_name="train_stop", **kept)
+    watched = [status, curve, preview, model_dropdown, push_section]
     poll = gr.Button("Refresh status", size="sm", elem_id="train-refresh")
-    poll.click(on_status, None, [status, curve, preview, model_dropdown, push_section], api_name="train_status",
-               concurrency_limit=None)
+    listen(poll.click, on_status, None, watched, what="reading the run", status=message, api_name="train_status",
+           concurrency_limit=None)
     timer = gr.Timer(2.0)
-    timer.tick(on_status, None, [status, curve, preview, model_dropdown, push_section], api_visibility="private",
-               concurrency_limit=None, show_progress="hidden")
+    listen(timer.tick, on_status, None, watched, what="reading the run", status=message,
+           api_visibility="private", concurrency_limit=None, show_progress="hidden")

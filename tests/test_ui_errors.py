@@ -1,0 +1,71 @@
+"""bedgen.ui.errors: what a failed event tells the visitor and writes to the log."""
+
+import logging
+
+import gradio as gr
+import pytest
+
+from bedgen.errors import BedgenError
+from bedgen.ui.errors import QUOTE_LIMIT, clipped_message, reported, toast_text
+
+
+def _raise(error):
+    def fn(*args, **kwargs):
+        raise error
+
+    return fn
+
+
+def test_a_user_error_is_one_clipped_line_in_the_pop_up_and_one_line_in_the_log(caplog):
+    junk = "x" * 2**20
+    with caplog.at_level(logging.INFO, logger="bedgen.ui"):
+        with pytest.raises(gr.Error) as raised:
+            reported(_raise(BedgenError(f"seed must be a whole number, got {junk!r}")), "generation")()
+    message = raised.value.message
+    assert message.startswith("seed must be a whole number, got 'xxx") and message.endswith("…'")
+    assert len(message) < len("seed must be a whole number, got ''") + QUOTE_LIMIT + 1
+    assert not raised.value.print_exception  # Gradio prints no traceback either
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "\n" not in record.getMessage() and len(record.getMessage()) < 200
+
+
+def test_a_bug_logs_its_traceback_once_and_shows_a_generic_line_without_server_paths(caplog):
+    with caplog.at_level(logging.INFO, logger="bedgen.ui"):
+        with pytest.raises(gr.Error) as raised:
+            reported(_raise(RuntimeError("/srv/bedgen/secret/file.pt is corrupt " + "x" * 2**20)), "generation")()
+    message = raised.value.message
+    assert "/srv" not in message and "generation failed unexpectedly" in message
+    [record] = caplog.records
+    logged = record.getMessage()
+    assert record.levelno == logging.ERROR and "Traceback" in logged and "in fn" in logged
+    assert "RuntimeError: /srv/bedgen/secret/file.pt is corrupt xxx" in logged and len(logged) < 5000
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("model 'ab' is neither a local directory", "model 'ab' is neither a local directory"),
+    ("the model's default is used; 'short' stays", "the model's default is used; 'short' stays"),
+    ("multi\nline   text", "multi line text"),
+])
+def test_short_messages_are_kept(text, kept):
+    assert clipped_message(BedgenError(text)) == kept
+
+
+def test_junk_without_quotes_is_capped_as_a_whole():
+    assert len(clipped_message(BedgenError("a b " * 2**18))) <= 400
+
+
+def test_the_pop_up_shows_no_markdown_backticks():
+    text = toast_text("no index yet; build one with `bedgen index --data SRC --out indexes/NAME` <now> & later")
+    assert "`" not in text and "bedgen index --data SRC --out indexes/NAME" in text
+    assert "&lt;now>" in text and "&amp; later" in text  # the pop-up renders HTML
+
+
+def test_an_input_refused_while_read_fails_the_event_before_it_runs():
+    from bedgen.ui.errors import RefusedInput
+
+    ran = []
+    with pytest.raises(gr.Error, match="Image A must be an image uploaded to this app"):
+        reported(lambda a, b: ran.append(1), "interpolation")(
+            RefusedInput("Image A must be an image uploaded to this app; upload it again"), None)
+    assert not ran
