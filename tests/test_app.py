@@ -58,7 +58,8 @@ def test_trajectory_view(client, app_server):
         ({"steps": "ten"}, "steps must be a whole number"),
         ({"n": None}, "number of images must be a whole number"),
         ({"model": "no such model"}, "'no such model' is neither a local directory nor a Hub id"),
-        ({"model": "google/ddpm-ema-bedroom-256"}, "'google/ddpm-ema-bedroom-256' is not in the local cache"),
+        ({"model": "google/ddpm-ema-bedroom-256"}, "'google/ddpm-ema-bedroom-256' is not in the local cache and "
+                                                   "offline mode is on.*put a checkpoint folder in checkpoints/"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(client, app_server, changes, message):
