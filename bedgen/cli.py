@@ -344,8 +344,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, args.out, resume=args.resume)
     print(f"training {config.family}/{config.preset} at {config.resolution} px on {len(trainer.data)} images "
           f"({trainer.images_per_step} images/step, {trainer.max_steps} steps) -> {args.out}", file=sys.stderr)
-    precision = {"no": "fp32"}.get(trainer.accelerator.mixed_precision, trainer.accelerator.mixed_precision)
-    print(f"precision: {trainer.device.type}/{precision}: {trainer.precision_reason}", file=sys.stderr)
+    print(f"precision: {trainer.precision}", file=sys.stderr)
     try:
         checkpoint = trainer.train()
     except TrainingDiverged as e:
