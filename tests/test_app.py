@@ -228,7 +228,9 @@ def test_an_indexed_image_finds_itself_first(client, app_server):
     rows = table["data"]
     assert [row[0] for row in rows] == [1, 2, 3, 4] and rows[0][1] == "room-00007.png"
     assert rows[0][2] < 1e-4 < rows[1][2]
-    assert "Possible memorised copy" in status and "Nearest of 24 indexed images" in status
+    assert "Nearest of 24 indexed images" in status
+    # The app's index has a random AlexNet backbone: the distance is shown, no verdict.
+    assert "(non-standard LPIPS weights: not comparable)" in status and "memorised" not in status
 
 
 @pytest.mark.parametrize("case, message", [
