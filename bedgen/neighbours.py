@@ -313,8 +313,9 @@ def _pretrained_backbone(net: str) -> dict[str, torch.Tensor]:
     except Exception as e:  # offline, proxy, corrupt cache: all need the same fix
         raise BedgenError(
             f"cannot get torchvision's pretrained {_TORCHVISION[net]} weights ({one_line(e)}); on an offline "
-            f"machine pass --lpips-weights PATH with a torchvision {_TORCHVISION[net]} state dict "
-            f"(.safetensors or .pth, e.g. torchvision.models.{_TORCHVISION[net]}(weights='DEFAULT').state_dict())"
+            f"machine pass --lpips-weights PATH with torchvision's own file ({weights.url.rsplit('/', 1)[-1]}, from "
+            f"~/.cache/torch/hub/checkpoints where it was downloaded; any other {_TORCHVISION[net]} state dict works "
+            f"but its verdicts are marked non-standard)"
         ) from None
 
 
