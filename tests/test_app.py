@@ -9,6 +9,8 @@ from PIL import Image
 
 from conftest import make_tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # the app processes this module starts take most of its time
+
 
 @pytest.fixture(scope="module")
 def client(app_server):

@@ -112,6 +112,7 @@ TINY_TRAIN = ["--preset", "tiny", "--resolution", 16, "--set", "unet.block_out_c
               "--set", "diffusion.num_train_timesteps=100", "--batch-size", 2, "--max-steps", 1, "--preview-images", 0]
 
 
+@pytest.mark.slow
 def test_cli_sample_and_train_print_the_path_and_why(tiny_checkpoint, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("bedgen would pick the GPU here; this checks the CPU path")
@@ -146,6 +147,7 @@ def test_cli_finetune_and_forced_precision_say_so(tiny_checkpoint, tmp_path, cap
     assert code == 0 and "precision: cpu/fp32: forced by mixed_precision=no" in err
 
 
+@pytest.mark.slow
 def test_the_app_status_says_which_path_and_why(app_server, tmp_path):
     from gradio_client import Client, handle_file
     from synthetic import write_rooms

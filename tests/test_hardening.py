@@ -117,6 +117,7 @@ def _expect_error(call, pattern: str) -> None:
 # --- bad input, endpoint by endpoint ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generate_refuses_bad_numbers_and_refs_and_keeps_serving(hard_app):
     app, root, _ = hard_app
     client = Client(app.url, verbose=False)
@@ -150,6 +151,7 @@ def _interpolate(client, model, a, b, **changes):
                           api_name="/interpolate")
 
 
+@pytest.mark.slow
 def test_interpolate_refuses_bad_images_and_numbers_and_accepts_odd_valid_ones(hard_app):
     app, root, files = hard_app
     client = Client(app.url, verbose=False)
@@ -171,6 +173,7 @@ def test_interpolate_refuses_bad_images_and_numbers_and_accepts_odd_valid_ones(h
     _valid_generate(client, model)
 
 
+@pytest.mark.slow
 def test_interpolate_weight_refuses_bad_input(hard_app):
     app, root, files = hard_app
     client = Client(app.url, verbose=False)
@@ -188,6 +191,7 @@ def test_interpolate_weight_refuses_bad_input(hard_app):
     assert Path(image).is_file()
 
 
+@pytest.mark.slow
 def test_neighbours_refuses_bad_queries_indexes_and_k(hard_app):
     app, root, files = hard_app
     client = Client(app.url, verbose=False)
@@ -210,6 +214,7 @@ def test_neighbours_refuses_bad_queries_indexes_and_k(hard_app):
     assert len(gallery) == 4
 
 
+@pytest.mark.slow
 def test_evaluate_and_sweep_report_refuse_traversal_and_bad_numbers(hard_app):
     app, root, _ = hard_app
     client = Client(app.url, verbose=False)
@@ -233,6 +238,7 @@ def test_evaluate_and_sweep_report_refuse_traversal_and_bad_numbers(hard_app):
     _valid_generate(client, model)
 
 
+@pytest.mark.slow
 def test_uploads_over_the_size_limit_are_refused(hard_app, tmp_path):
     app, root, _ = hard_app
     client = Client(app.url, verbose=False)
@@ -245,6 +251,7 @@ def test_uploads_over_the_size_limit_are_refused(hard_app, tmp_path):
     _valid_generate(client, str(root / "checkpoints" / "tiny"))
 
 
+@pytest.mark.slow
 def test_describe_model_and_gallery_helpers_survive_junk(hard_app):
     app, root, _ = hard_app
     client = Client(app.url, verbose=False)
@@ -255,6 +262,7 @@ def test_describe_model_and_gallery_helpers_survive_junk(hard_app):
     _valid_generate(client, str(root / "checkpoints" / "tiny"))
 
 
+@pytest.mark.slow
 def test_no_secret_reaches_the_log(hard_app):
     app, _, _ = hard_app
     log = app.log.read_text()
@@ -282,6 +290,7 @@ def busy_app(tmp_path_factory):
         app.stop()
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_generates_succeed_or_are_cleanly_refused(busy_app):
     app, models = busy_app
 
@@ -320,6 +329,7 @@ def _public_app(root: Path, **env: str) -> AppProcess:
     return app
 
 
+@pytest.mark.slow
 def test_public_app_has_no_train_tab_without_auth(tmp_path):
     outside = tmp_path / "elsewhere" / "tiny"
     make_tiny_checkpoint(outside)
@@ -339,6 +349,7 @@ def test_public_app_has_no_train_tab_without_auth(tmp_path):
         app.stop()
 
 
+@pytest.mark.slow
 def test_public_app_trains_only_behind_a_login(tmp_path):
     app = _public_app(tmp_path, BEDGEN_PUBLIC="1", BEDGEN_ENABLE_TRAINING="1", BEDGEN_AUTH="alice:wonderland-42")
     try:
@@ -476,6 +487,7 @@ def _junk_for(value, files: dict[str, Path]) -> list:
     return JUNK_TEXT + [12345]
 
 
+@pytest.mark.slow
 def test_every_endpoint_survives_junk_in_every_argument(hard_app):
     """Each argument of each endpoint gets junk of its kind; every reply is a result or an error
     that says something (no bare 'Error', no traceback), and generation works after each endpoint."""

@@ -90,6 +90,7 @@ def _latest_step(run: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_at_ten_random_moments_then_resume(tmp_path):
     """Kills land in start-up, in a step (also after bedgen-run.json is written but before the
     first checkpoint) and in checkpoint writes. After each: every visible checkpoint loads and

@@ -10,6 +10,8 @@ import pytest
 from conftest import AppProcess, free_port
 from test_attacks_refs import call, expect_error
 
+pytestmark = pytest.mark.slow  # the app processes this module starts take most of its time
+
 OFFLINE_ROUTES = "train one in the Train tab or put a checkpoint folder in checkpoints/"
 
 

@@ -11,6 +11,8 @@ from bedgen.device import training_precision
 from conftest import AppProcess, make_tiny_checkpoint, save_random_backbone
 from synthetic import write_rooms
 
+pytestmark = pytest.mark.slow  # the app processes this module starts take most of its time
+
 
 @pytest.fixture(scope="module")
 def train_app(tmp_path_factory):
