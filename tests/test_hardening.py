@@ -329,11 +329,33 @@ def _public_app(root: Path, **env: str) -> AppProcess:
     return app
 
 
+def _fake_spaces_package(site: Path) -> Path:
+    """A stand-in for the `spaces` package of ZeroGPU Spaces: `spaces.GPU` records each call it wraps."""
+    fake = site / "spaces"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import functools, os\n"
+        "def GPU(fn):\n"
+        "    @functools.wraps(fn)\n"
+        "    def wrapped(*args, **kwargs):\n"
+        "        with open(os.environ['SPACES_MARK'], 'a') as f:\n"
+        "            f.write(fn.__name__ + '\\n')\n"
+        "        return fn(*args, **kwargs)\n"
+        "    return wrapped\n"
+    )
+    return site
+
+
 @pytest.mark.slow
-def test_public_app_has_no_train_tab_without_auth(tmp_path):
+def test_space_app_has_no_train_tab_without_auth_and_wraps_gpu_events(tmp_path):
+    """A Space (SPACE_ID: public mode) asked for training without a login has no Train tab; on a
+    ZeroGPU Space `spaces.GPU` must wrap the GPU events (one app serves both checks)."""
     outside = tmp_path / "elsewhere" / "tiny"
     make_tiny_checkpoint(outside)
-    app = _public_app(tmp_path, SPACE_ID="someone/bedgen", BEDGEN_ENABLE_TRAINING="1")
+    site = _fake_spaces_package(tmp_path / "site")
+    mark = tmp_path / "gpu-calls.txt"
+    app = _public_app(tmp_path, SPACE_ID="someone/bedgen", BEDGEN_ENABLE_TRAINING="1", SPACES_MARK=str(mark),
+                      PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     try:
         client = Client(app.url, verbose=False)
         endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
@@ -344,7 +366,9 @@ def test_public_app_has_no_train_tab_without_auth(tmp_path):
                       "checkpoints folder only")
         _expect_error(lambda: client.predict("someone/any-model", 0, 2, "auto", 1, False, api_name="/generate"),
                       "not served by this app")
+        before = mark.read_text().split() if mark.exists() else []
         _valid_generate(client, str(tmp_path / "checkpoints" / "tiny"))
+        assert mark.read_text().split()[len(before):] == ["on_generate"]
     finally:
         app.stop()
 
@@ -361,30 +385,6 @@ def test_public_app_trains_only_behind_a_login(tmp_path):
         _expect_error(lambda: client.predict("/etc", "tiny", 16, 5, 4, 1e-3, "adamw", "r1", "",
                                              api_name="/train_start"), "inside the data roots")
         assert "wonderland-42" not in app.log.read_text()
-    finally:
-        app.stop()
-
-
-def test_spaces_gpu_decorator_is_used_when_the_package_is_present(tmp_path):
-    """On a ZeroGPU Space `spaces.GPU` must wrap the GPU events; a stand-in package records its calls."""
-    fake = tmp_path / "site" / "spaces"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text(
-        "import functools, os\n"
-        "def GPU(fn):\n"
-        "    @functools.wraps(fn)\n"
-        "    def wrapped(*args, **kwargs):\n"
-        "        with open(os.environ['SPACES_MARK'], 'a') as f:\n"
-        "            f.write(fn.__name__ + '\\n')\n"
-        "        return fn(*args, **kwargs)\n"
-        "    return wrapped\n"
-    )
-    mark = tmp_path / "gpu-calls.txt"
-    app = _public_app(tmp_path, PYTHONPATH=os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]),
-                      SPACES_MARK=str(mark), SPACE_ID="someone/bedgen")
-    try:
-        _valid_generate(Client(app.url, verbose=False), str(tmp_path / "checkpoints" / "tiny"))
-        assert mark.read_text().split() == ["on_generate"]
     finally:
         app.stop()
 
