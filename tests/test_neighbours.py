@@ -461,12 +461,15 @@ def bedgen(*args):
 
 
 @pytest.mark.slow
-def test_cli_index_then_neighbours(root, rooms, alex_weights, tmp_path):
+def test_cli_index_then_neighbours(root, rooms, alex_weights, tmp_path, capsys):
+    from bedgen.cli import main
+
     out = tmp_path / "cli-index"
-    run = bedgen("index", "--data", root / "rooms", "--out", out, "--resolution", RESOLUTION,
-                 "--lpips-weights", alex_weights, "--batch-size", 16)
-    assert run.returncode == 0, run.stderr
-    assert f"indexed {ROOMS} images at {RESOLUTION} px" in run.stdout
+    # index in this process (its output is all that differs), neighbours as a user runs it
+    assert main(["index", "--data", str(root / "rooms"), "--out", str(out), "--resolution", str(RESOLUTION),
+                 "--lpips-weights", str(alex_weights), "--batch-size", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert f"indexed {ROOMS} images at {RESOLUTION} px" in printed and NON_STANDARD_NOTE in printed
     run = bedgen("neighbours", "--index", out, "--image", rooms[12], "-k", 3)
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
