@@ -355,7 +355,8 @@ def test_sweep_tables_and_plots_found_under_the_sweeps_folder(client, app_server
                  "unet.down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
                  "unet.up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "unet.norm_num_groups": 4,
                  "diffusion.num_train_timesteps": 100, "train.batch_size": 4, "train.warmup_steps": 0,
-                 "train.preview_every": 0, "train.log_every": 1, "train.mixed_precision": "no"},
+                 "train.preview_every": 0, "train.preview_images": 0, "train.log_every": 1,
+                 "train.mixed_precision": "no"},
         "grid": {"train.lr": [1e-3, 3e-3]},
     }))
     out = root / "sweeps" / "lr"
