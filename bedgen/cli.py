@@ -345,8 +345,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, args.out, resume=args.resume)
     print(f"training {config.family}/{config.preset} at {config.resolution} px on {len(trainer.data)} images "
           f"({trainer.images_per_step} images/step, {trainer.max_steps} steps) -> {args.out}", file=sys.stderr)
-    precision = {"no": "fp32"}.get(trainer.accelerator.mixed_precision, trainer.accelerator.mixed_precision)
-    print(f"precision: {trainer.device.type}/{precision}: {trainer.precision_reason}", file=sys.stderr)
+    print(f"precision: {trainer.precision}", file=sys.stderr)
     try:
         checkpoint = trainer.train()
     except TrainingDiverged as e:
@@ -474,7 +473,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .neighbours import LpipsIndex, build_index, index_is_complete
+    from .neighbours import NON_STANDARD_NOTE, LpipsIndex, build_index, index_is_complete
 
     was_complete = index_is_complete(args.out)
     created = _first_missing(args.out)
@@ -496,7 +495,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(("index already complete: " if was_complete else "indexed ")
           + f"{len(index)} images at {index.resolution} px (LPIPS {index.net}, {index.dim} dims) in {path}"
           + (f"; skipped {skipped} unreadable" if skipped else "")
-          + (f"; typical nearest-neighbour LPIPS {typical:.4f}" if typical is not None else ""))
+          + (f"; typical nearest-neighbour LPIPS {typical:.4f}" if typical is not None else "")
+          + ("" if index.standard_weights else f"; its verdicts are marked {NON_STANDARD_NOTE}"))
     return 0
 
 
@@ -542,7 +542,7 @@ def _add_neighbours(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_neighbours(args: argparse.Namespace) -> int:
-    from .neighbours import MEMORISATION_FACTOR, LpipsIndex, embedder_for, shared_embedder
+    from .neighbours import MEMORISATION_FACTOR, NON_STANDARD_NOTE, LpipsIndex, embedder_for, shared_embedder
 
     index = LpipsIndex.open(args.index)
     if args.lpips_weights is not None:
@@ -556,9 +556,13 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
     if result.typical_nn is None:
         verdict = "the index is too small to know a typical nearest-neighbour distance"
     else:
-        verdict = (f"nearest LPIPS {result.nearest:.4f} vs typical nearest-neighbour LPIPS {result.typical_nn:.4f} "
-                   f"in the index: " + ("POSSIBLE MEMORISED COPY" if result.memorised else "not a near-copy")
-                   + f" (threshold {MEMORISATION_FACTOR} x typical)")
+        verdict = f"nearest LPIPS {result.nearest:.4f} vs typical nearest-neighbour LPIPS {result.typical_nn:.4f} in the index: "
+        if result.standard_weights:
+            verdict += ("POSSIBLE MEMORISED COPY" if result.memorised else "not a near-copy") \
+                + f" (threshold {MEMORISATION_FACTOR} x typical)"
+        else:  # the distance is no perceptual one: say where it lies, not what it means
+            verdict += (f"{'below' if result.below_threshold else 'above'} {MEMORISATION_FACTOR} x typical "
+                        + NON_STANDARD_NOTE)
     print(verdict, file=sys.stderr)
     return 0
 

@@ -897,6 +897,15 @@ def commit_shards(path: Path, meta: dict[str, Any]) -> None:
     _atomic_write(path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks: how weights files are told apart."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:

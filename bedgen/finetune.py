@@ -197,6 +197,7 @@ def run_finetune(request: FinetuneRequest, resume: bool = False, progress: bool 
         extra = f" + {len(trainer.data.classes)} class images (λ = {request.prior_weight})" if pairs else ""
         print(f"fine-tuning {request.model} on {len(instances)} instance image(s){extra}, "
               f"{trainer.max_steps} steps -> {out}", file=sys.stderr, flush=True)
+        print(f"precision: {trainer.precision}", file=sys.stderr, flush=True)
     checkpoint = trainer.train()
     if embedder is None:
         return {}

@@ -29,6 +29,12 @@ HUB_ID = re.compile(rf"^(?!.*\.\.)(?P<repo>[A-Za-z0-9][\w.-]*/[\w-][\w.-]*)(?:@(
 # safetensors exist (and are then read weights-only).
 SAFE_PATTERNS = ["*.json", "*.safetensors"]
 PICKLE_PATTERNS = ["*.json", "*.bin"]
+# What needs no Hub: appended to every error for a Hub model that could not be fetched, because
+# the first model a fresh install offers is a Hub model.
+OFFLINE_ROUTES = (
+    "to work offline, train one in the Train tab or put a checkpoint folder in checkpoints/ "
+    "(bedgen train --data DIR --preset tiny --out checkpoints/NAME)"
+)
 
 
 @dataclass(frozen=True)
@@ -127,14 +133,14 @@ def download(hub: HubRef, needs_pickle: bool, patterns: list[str] | None = None)
     except LocalEntryNotFoundError as e:
         why = "offline mode is on (HF_HUB_OFFLINE=1)" if hub_offline() else "the Hub could not be reached"
         raise ModelNotFoundError(
-            f"model '{hub}' is not in the local cache and {why}; download it once while online "
-            "or pass a local checkpoint directory"
+            f"model '{hub}' is not in the local cache and {why}; download it once while online, "
+            f"pass a local checkpoint directory, or {OFFLINE_ROUTES}"
         ) from e
     except (OSError, ValueError) as e:  # network failures surface as OSError subclasses
-        raise ModelNotFoundError(f"could not download model '{hub}': {one_line(e)}") from e
+        raise ModelNotFoundError(f"could not download model '{hub}': {one_line(e)}; {OFFLINE_ROUTES}") from e
     except Exception as e:  # httpx errors do not share a base class with OSError
         if type(e).__module__.startswith(("httpx", "httpcore", "huggingface_hub")):
-            raise ModelNotFoundError(f"could not download model '{hub}': {one_line(e)}") from e
+            raise ModelNotFoundError(f"could not download model '{hub}': {one_line(e)}; {OFFLINE_ROUTES}") from e
         raise
     # Checked after resolution: a ref file in the cache (hand-edited, or left by an older
     # library) could still name a folder elsewhere.
@@ -143,4 +149,4 @@ def download(hub: HubRef, needs_pickle: bool, patterns: list[str] | None = None)
     return Path(path)
 
 
-__all__ = ["HubRef", "parse_hub_ref", "require_hub_ref", "resolve_ref", "download", "hub_cache", "inside", "BedgenError"]
+__all__ = ["OFFLINE_ROUTES", "HubRef", "parse_hub_ref", "require_hub_ref", "resolve_ref", "download", "hub_cache", "inside", "BedgenError"]

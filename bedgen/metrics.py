@@ -56,7 +56,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .data import DataConfig, ImageDataset, _atomic_write, open_dataset
+from .data import DataConfig, ImageDataset, _atomic_write, file_sha256, open_dataset
 from .device import resolve_device
 from .errors import BedgenError, one_line
 
@@ -109,7 +109,7 @@ class Inception:
     def __init__(self, weights: str | os.PathLike[str] | None = None, device: str | torch.device = "auto"):
         self.path = _weights_path(weights)
         _check_weights_file(self.path)
-        self.sha256 = _sha256(self.path)
+        self.sha256 = file_sha256(self.path)
         self.standard = self.sha256.startswith(STANDARD_WEIGHTS_SHA256_PREFIX)
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self._model = _build_extractor(self.path).to(self.device)
@@ -189,14 +189,6 @@ def _full_precision(device: torch.device):
                 yield
         else:
             yield
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _SHARED: dict[tuple[str, float, int, str], Inception] = {}

@@ -62,7 +62,11 @@ procedural rooms at 64 px) yet well above copies: JPEG-recompressed or down-and-
 rooms measured 25-60x closer than the median, +10% brightness 10x, a 3-pixel shift 3x.
 The threshold is relative, in the spirit of Carlini et al. 2023 ("Extracting Training
 Data from Diffusion Models"), because absolute LPIPS values change with the backbone,
-its weights and the resolution.
+its weights and the resolution. The factor was set with torchvision's pretrained
+backbone: LPIPS is a perceptual distance only with those weights, so an index records
+whether its backbone file is that one (SHA-256 against the hash torchvision publishes in
+the file name), and with any other weights its results carry no verdict, only
+``NON_STANDARD_NOTE``.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import DataConfig, ImageDataset, _atomic_write, commit_shards, decode, open_dataset, preprocess
+from .data import DataConfig, ImageDataset, _atomic_write, commit_shards, decode, file_sha256, open_dataset, preprocess
 from .device import resolve_device
 from .errors import BedgenError, one_line
 from .images import load_image
@@ -109,6 +113,8 @@ TYPICAL_NN_SAMPLE = 256
 TYPICAL_NN_SEED = 0
 # nearest < 0.5 × median nearest-neighbour distance inside the training set = likely copy
 MEMORISATION_FACTOR = 0.5
+# What stands instead of a verdict when the backbone is not torchvision's pretrained one.
+NON_STANDARD_NOTE = "(non-standard LPIPS weights: not comparable)"
 FP32_ROUNDOFF = 2.0**-24
 FP64_ROUNDOFF = 2.0**-53
 BOUND_SLACK = 1e-9  # relative widening of every bound: fp64 rounding of the bookkeeping
@@ -155,6 +161,7 @@ class LpipsEmbedder:
         self.net = net
         self.weights = Path(weights).expanduser().resolve() if weights is not None else None
         backbone = _read_backbone(net, self.weights)  # first: a bad file fails before building networks
+        self.weights_sha256, self.standard = _backbone_identity(net, self.weights)
         model = _lpips_model(net)
         _load_backbone(model.net, backbone, net, self.weights)
         linear = _linear_weights(model)
@@ -274,20 +281,41 @@ def _feature_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _pretrained_backbone(net: str) -> dict[str, torch.Tensor]:
+def _standard_weights(net: str):
+    """torchvision's pretrained ImageNet weights for ``net``: the backbone LPIPS v0.1 was calibrated with."""
     import torchvision
 
-    weights = {
+    return {
         "alex": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
         "vgg": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
     }[net]
+
+
+def _backbone_identity(net: str, path: Path | None) -> tuple[str | None, bool]:
+    """(SHA-256 of the backbone file, whether it is torchvision's pretrained file).
+
+    torchvision names its file after its SHA-256 (``alexnet-owt-7be5be79.pth``), as torch.hub
+    checks on download; None means that file in the torch hub cache, where torchvision put it.
+    It is hashed either way: a file already in the cache is not checked again on load.
+    """
+    url = _standard_weights(net).url
+    file = path if path is not None else Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not file.is_file():
+        return None, False
+    sha256 = file_sha256(file)
+    return sha256, sha256.startswith(torch.hub.HASH_REGEX.search(url.rsplit("/", 1)[-1]).group(1))
+
+
+def _pretrained_backbone(net: str) -> dict[str, torch.Tensor]:
+    weights = _standard_weights(net)
     try:
         return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as e:  # offline, proxy, corrupt cache: all need the same fix
         raise BedgenError(
             f"cannot get torchvision's pretrained {_TORCHVISION[net]} weights ({one_line(e)}); on an offline "
-            f"machine pass --lpips-weights PATH with a torchvision {_TORCHVISION[net]} state dict "
-            f"(.safetensors or .pth, e.g. torchvision.models.{_TORCHVISION[net]}(weights='DEFAULT').state_dict())"
+            f"machine pass --lpips-weights PATH with torchvision's own file ({weights.url.rsplit('/', 1)[-1]}, from "
+            f"~/.cache/torch/hub/checkpoints where it was downloaded; any other {_TORCHVISION[net]} state dict works "
+            f"but its verdicts are marked non-standard)"
         ) from None
 
 
@@ -499,7 +527,7 @@ def build_index(
     embedder = shared_embedder(net, lpips_weights, device)
     out = Path(out).expanduser().resolve()
     settings = _build_settings(dataset, embedder, resolution, shard_size)
-    manifest = _start_manifest(out, settings, embedder.weights)
+    manifest = _start_manifest(out, settings, embedder)
     if manifest["complete"]:
         log.info("%s is already a complete index of %d images; nothing to do", out, manifest["count"])
         return out
@@ -535,7 +563,14 @@ def _build_settings(dataset: ImageDataset, embedder: LpipsEmbedder, resolution: 
     }
 
 
-def _start_manifest(out: Path, settings: dict[str, Any], weights: Path | None) -> dict[str, Any]:
+def _weights_record(embedder: LpipsEmbedder) -> dict[str, Any]:
+    """Where the backbone came from and whether it is the standard one; refreshed on every rerun
+    (same fingerprint, but the file may have moved)."""
+    return {"lpips_weights": str(embedder.weights) if embedder.weights else None,
+            "lpips_weights_sha256": embedder.weights_sha256, "lpips_standard": embedder.standard}
+
+
+def _start_manifest(out: Path, settings: dict[str, Any], embedder: LpipsEmbedder) -> dict[str, Any]:
     """A fresh manifest for a new folder, or the recorded one (minus lost shards) on a rerun."""
     manifest = _read_manifest(out) if (out / MANIFEST).is_file() else None
     if manifest is None:
@@ -543,7 +578,7 @@ def _start_manifest(out: Path, settings: dict[str, Any], weights: Path | None) -
             raise BedgenError(f"{out} exists and is not an LPIPS index; choose a new or empty folder for --out")
         out.mkdir(parents=True, exist_ok=True)
         manifest = {
-            **settings, "lpips_weights": str(weights) if weights else None, "data": None,
+            **settings, **_weights_record(embedder), "data": None,
             "count": 0, "skipped": 0, "skipped_keys": [], "shards": [], "typical_nn": None, "complete": False,
         }
         _commit(out, manifest)
@@ -556,7 +591,7 @@ def _start_manifest(out: Path, settings: dict[str, Any], weights: Path | None) -
         )
     for stale in out.glob(".*.tmp-*"):  # half-written files of an interrupted run
         stale.unlink()
-    manifest["lpips_weights"] = str(weights) if weights else None  # same fingerprint; the file may have moved
+    manifest.update(_weights_record(embedder))
     kept = [s for s in manifest["shards"] if all((out / name).is_file() for name in _shard_files(s))]
     if len(kept) < len(manifest["shards"]):
         manifest["complete"] = False
@@ -731,9 +766,11 @@ class SearchResult:
     neighbours: list[Neighbour]
     nearest: float  # LPIPS of neighbours[0]
     typical_nn: float | None  # median nearest-neighbour distance inside the index; None if unknown
-    memorised: bool  # nearest < MEMORISATION_FACTOR × typical_nn
+    memorised: bool  # below_threshold, with the standard backbone weights (a verdict)
     evaluated: int = 0  # images whose full-dimension (fp16) distance was computed
     candidates: int = 0  # images that could still be in the top k after that; re-embedded when re-ranking
+    below_threshold: bool = False  # nearest < MEMORISATION_FACTOR × typical_nn, whatever the weights
+    standard_weights: bool = True  # the index's backbone is torchvision's pretrained one; else no verdict
 
 
 @dataclass
@@ -835,6 +872,8 @@ class LpipsIndex:
         self.square: str = manifest["square"]
         self.fingerprint: str = manifest["fingerprint"]
         self.lpips_weights: str | None = manifest["lpips_weights"]
+        # Indexes from before the record: torchvision's download (no file given) was the standard one.
+        self.standard_weights: bool = bool(manifest.get("lpips_standard", self.lpips_weights is None))
         self.source: str = manifest["source"]
         self.kind: str = manifest["kind"]
         self.dim: int = manifest["dim"]
@@ -915,8 +954,9 @@ class LpipsIndex:
             neighbours.append(Neighbour(rank, key, self.source, self._file_path(key), float(distances[i]), row))
         nearest = neighbours[0].lpips
         typical = self.typical_nn.get("median")
-        memorised = typical is not None and nearest < MEMORISATION_FACTOR * typical
-        return SearchResult(neighbours, nearest, typical, bool(memorised), found.evaluated, len(found.rows))
+        below = bool(typical is not None and nearest < MEMORISATION_FACTOR * typical)
+        return SearchResult(neighbours, nearest, typical, below and self.standard_weights, found.evaluated,
+                             len(found.rows), below, self.standard_weights)
 
     def _candidates(self, queries: torch.Tensor, k: int, exhaustive: bool) -> list[_Candidates]:
         """Stages 1-2 of the module docstring, for each query."""
@@ -1270,6 +1310,7 @@ def _row_of_key(index: LpipsIndex, key: str) -> int:
 
 
 __all__ = [
-    "LayerShape", "LpipsEmbedder", "LpipsIndex", "MEMORISATION_FACTOR", "NETS", "Neighbour", "SearchResult",
+    "LayerShape", "LpipsEmbedder", "LpipsIndex", "MEMORISATION_FACTOR", "NETS", "NON_STANDARD_NOTE", "Neighbour",
+    "SearchResult",
     "build_index", "embedder_for", "find_indexes", "index_is_complete", "load_neighbour_image", "shared_embedder",
 ]

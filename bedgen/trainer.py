@@ -604,6 +604,12 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------
 
+    @property
+    def precision(self) -> str:
+        """``cpu/fp32: this CPU has no native bf16 (AVX2 only)``: the compute path, and why it was picked."""
+        mode = self.accelerator.mixed_precision
+        return f"{self.device.type}/{'fp32' if mode == 'no' else mode}: {self.precision_reason}"
+
     def latest_checkpoint(self) -> Path | None:
         run_file = self.run_dir / RUN_JSON
         if not run_file.is_file():
@@ -709,7 +715,7 @@ class Trainer:
             current["latest"] = str(latest.relative_to(self.run_dir))
         current.update(
             status=status, step=self.state.step, max_steps=self.max_steps, pid=os.getpid(),
-            message=message, updated=time.time(), config=self.config.to_dict(),
+            message=message, updated=time.time(), config=self.config.to_dict(), precision=self.precision,
         )
         write_json(run_file, current)
 

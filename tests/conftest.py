@@ -5,8 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# One compute thread per process, for this process and every app, CLI and training process
+# the tests start (they inherit the environment). The tests' networks are tiny, and the suite
+# runs several processes at once (an app beside the test, two sweep workers): with a thread
+# per core each, OpenMP's spinning threads contend for the cores and a tiny fine-tuning ran
+# 20x slower on a busy 2-core machine (161 s against 7 s with one thread).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Never reach the real Hub from the tests; individual tests point HF_ENDPOINT at a
 # local server when they exercise downloads.

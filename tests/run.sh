@@ -13,4 +13,5 @@ if ! command -v chromium >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
-python -m pytest "$@"
+# --durations: the slowest tests are listed at the end of every run, so a slow one is seen early.
+python -m pytest --durations=25 "$@"

@@ -30,6 +30,8 @@ from synthetic import room
 from bedgen.errors import BedgenError
 from bedgen.images import load_image
 
+pytestmark = pytest.mark.slow  # the app processes this module starts take most of its time
+
 MARKER = {"_type": "gradio.FileData"}
 
 

@@ -25,6 +25,8 @@ import pytest
 from conftest import AppProcess, make_tiny_checkpoint, save_random_backbone, save_random_inception
 from synthetic import write_rooms
 
+pytestmark = pytest.mark.slow  # the app processes this module starts take most of its time
+
 ALLOWED = "google/ddpm-ema-bedroom-256"
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

@@ -22,6 +22,8 @@ import pytest
 
 from conftest import AppProcess, make_tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # the app processes this module starts take most of its time
+
 DEADLINE_S = 120  # an upper bound against hanging, never an expected duration
 
 

@@ -87,6 +87,8 @@ def test_bad_arguments_exit_2_with_one_line(capsys, tiny_checkpoint, tmp_path, e
     [
         ("not a model", "neither a local directory nor a Hub id"),
         ("org/unreachable-model", "'org/unreachable-model' is not in the local cache and offline mode is on"),
+        ("org/unreachable-model", "to work offline, train one in the Train tab or put a checkpoint folder in "
+                                  "checkpoints/ (bedgen train --data DIR"),
     ],
 )
 def test_unknown_or_unreachable_model_exit_2(capsys, monkeypatch, tmp_path, model, message):

@@ -1,6 +1,8 @@
 """Which path (bf16 or fp32) bedgen picks on this machine and why; torchvision beside a CPU-only torch."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -90,7 +92,13 @@ def test_sample_and_interpolate_results_carry_the_reason(tiny_checkpoint, tmp_pa
     assert interpolate(pipe, a, b, frames=2, steps=2, device="cpu").placement == auto
 
 
-def _cli(capsys, *args) -> tuple[int, str, str]:
+def _bedgen(*args) -> subprocess.CompletedProcess:
+    """``python -m bedgen ARGS`` in its own process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "bedgen", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _in_process(capsys, *args) -> tuple[int, str, str]:
     from bedgen.cli import main
 
     code = main([str(arg) for arg in args])
@@ -98,31 +106,48 @@ def _cli(capsys, *args) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_cli_sample_and_train_print_the_path_and_why(tiny_checkpoint, tmp_path, capsys):
+TINY_TRAIN = ["--preset", "tiny", "--resolution", 16, "--set", "unet.block_out_channels=[8,16]",
+              "--set", 'unet.down_block_types=["DownBlock2D","DownBlock2D"]',
+              "--set", 'unet.up_block_types=["UpBlock2D","UpBlock2D"]', "--set", "unet.norm_num_groups=4",
+              "--set", "diffusion.num_train_timesteps=100", "--batch-size", 2, "--max-steps", 1, "--preview-images", 0]
+
+
+@pytest.mark.slow
+def test_cli_sample_and_train_print_the_path_and_why(tiny_checkpoint, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("bedgen would pick the GPU here; this checks the CPU path")
-    code, out, _ = _cli(capsys, "sample", "--model", tiny_checkpoint, "-n", 1, "--steps", 2, "--out", tmp_path / "s")
-    assert code == 0 and resolve("cpu", "auto").describe() in out
-    code, out, _ = _cli(capsys, "sample", "--model", tiny_checkpoint, "-n", 1, "--steps", 2, "--dtype", "fp32",
-                        "--out", tmp_path / "s32")
-    assert code == 0 and "cpu/fp32: forced by --dtype fp32" in out
+    from synthetic import write_rooms
 
+    auto = resolve("cpu", "auto").describe()  # e.g. "cpu/fp32: this CPU has no native bf16 (AVX2 only)"
+    assert cpu_bf16_reason(cpu_has_bf16(), cpu_kind()) in auto
+    run = _bedgen("sample", "--model", tiny_checkpoint, "-n", 1, "--steps", 2, "--out", tmp_path / "s")
+    assert run.returncode == 0 and auto in run.stdout, run.stderr
+
+    write_rooms(tmp_path / "rooms", 4, size=16)
+    mode, reason = training_precision("auto")
+    line = f"precision: cpu/{mode.replace('no', 'fp32')}: {reason}\n"
+    run = _bedgen("train", "--data", tmp_path / "rooms", "--out", tmp_path / "run", *TINY_TRAIN)
+    assert run.returncode == 0 and line in run.stderr, run.stderr
+
+
+def test_cli_finetune_and_forced_precision_say_so(tiny_checkpoint, tmp_path, capsys):
     from synthetic import write_rooms
 
     write_rooms(tmp_path / "rooms", 4, size=16)
-    tiny = ["--preset", "tiny", "--resolution", 16, "--set", "unet.block_out_channels=[8,16]",
-            "--set", 'unet.down_block_types=["DownBlock2D","DownBlock2D"]',
-            "--set", 'unet.up_block_types=["UpBlock2D","UpBlock2D"]', "--set", "unet.norm_num_groups=4", "--set", "diffusion.num_train_timesteps=100",
-            "--batch-size", 2, "--max-steps", 1, "--preview-images", 0]
-    code, _, err = _cli(capsys, "train", "--data", tmp_path / "rooms", "--out", tmp_path / "run", *tiny)
-    assert code == 0, err
     mode, reason = training_precision("auto")
-    assert f"precision: cpu/{mode.replace('no', 'fp32')}: {reason}" in err
-    code, _, err = _cli(capsys, "train", "--data", tmp_path / "rooms", "--out", tmp_path / "run32", *tiny,
-                        "--mixed-precision", "no")
+    code, _, err = _in_process(capsys, "finetune", "--model", tiny_checkpoint, "--instance-data", tmp_path / "rooms",
+                               "--out", tmp_path / "ft", "--steps", 1, "--batch-size", 1, "--num-class-images", 1,
+                               "--no-report")
+    assert code == 0 and f"precision: cpu/{mode.replace('no', 'fp32')}: {reason}\n" in err, err
+    code, out, _ = _in_process(capsys, "sample", "--model", tiny_checkpoint, "-n", 1, "--steps", 2, "--dtype", "fp32",
+                               "--out", tmp_path / "s32")
+    assert code == 0 and "cpu/fp32: forced by --dtype fp32" in out
+    code, _, err = _in_process(capsys, "train", "--data", tmp_path / "rooms", "--out", tmp_path / "run32", *TINY_TRAIN,
+                               "--mixed-precision", "no")
     assert code == 0 and "precision: cpu/fp32: forced by mixed_precision=no" in err
 
 
+@pytest.mark.slow
 def test_the_app_status_says_which_path_and_why(app_server, tmp_path):
     from gradio_client import Client, handle_file
     from synthetic import write_rooms

@@ -117,6 +117,7 @@ def _expect_error(call, pattern: str) -> None:
 # --- bad input, endpoint by endpoint ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generate_refuses_bad_numbers_and_refs_and_keeps_serving(hard_app):
     app, root, _ = hard_app
     client = Client(app.url, verbose=False)
@@ -150,6 +151,7 @@ def _interpolate(client, model, a, b, **changes):
                           api_name="/interpolate")
 
 
+@pytest.mark.slow
 def test_interpolate_refuses_bad_images_and_numbers_and_accepts_odd_valid_ones(hard_app):
     app, root, files = hard_app
     client = Client(app.url, verbose=False)
@@ -171,6 +173,7 @@ def test_interpolate_refuses_bad_images_and_numbers_and_accepts_odd_valid_ones(h
     _valid_generate(client, model)
 
 
+@pytest.mark.slow
 def test_interpolate_weight_refuses_bad_input(hard_app):
     app, root, files = hard_app
     client = Client(app.url, verbose=False)
@@ -188,6 +191,7 @@ def test_interpolate_weight_refuses_bad_input(hard_app):
     assert Path(image).is_file()
 
 
+@pytest.mark.slow
 def test_neighbours_refuses_bad_queries_indexes_and_k(hard_app):
     app, root, files = hard_app
     client = Client(app.url, verbose=False)
@@ -210,6 +214,7 @@ def test_neighbours_refuses_bad_queries_indexes_and_k(hard_app):
     assert len(gallery) == 4
 
 
+@pytest.mark.slow
 def test_evaluate_and_sweep_report_refuse_traversal_and_bad_numbers(hard_app):
     app, root, _ = hard_app
     client = Client(app.url, verbose=False)
@@ -233,6 +238,7 @@ def test_evaluate_and_sweep_report_refuse_traversal_and_bad_numbers(hard_app):
     _valid_generate(client, model)
 
 
+@pytest.mark.slow
 def test_uploads_over_the_size_limit_are_refused(hard_app, tmp_path):
     app, root, _ = hard_app
     client = Client(app.url, verbose=False)
@@ -245,6 +251,7 @@ def test_uploads_over_the_size_limit_are_refused(hard_app, tmp_path):
     _valid_generate(client, str(root / "checkpoints" / "tiny"))
 
 
+@pytest.mark.slow
 def test_describe_model_and_gallery_helpers_survive_junk(hard_app):
     app, root, _ = hard_app
     client = Client(app.url, verbose=False)
@@ -255,6 +262,7 @@ def test_describe_model_and_gallery_helpers_survive_junk(hard_app):
     _valid_generate(client, str(root / "checkpoints" / "tiny"))
 
 
+@pytest.mark.slow
 def test_no_secret_reaches_the_log(hard_app):
     app, _, _ = hard_app
     log = app.log.read_text()
@@ -282,6 +290,7 @@ def busy_app(tmp_path_factory):
         app.stop()
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_generates_succeed_or_are_cleanly_refused(busy_app):
     app, models = busy_app
 
@@ -320,43 +329,9 @@ def _public_app(root: Path, **env: str) -> AppProcess:
     return app
 
 
-def test_public_app_has_no_train_tab_without_auth(tmp_path):
-    outside = tmp_path / "elsewhere" / "tiny"
-    make_tiny_checkpoint(outside)
-    app = _public_app(tmp_path, SPACE_ID="someone/bedgen", BEDGEN_ENABLE_TRAINING="1")
-    try:
-        client = Client(app.url, verbose=False)
-        endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-        assert "/train_start" not in endpoints and "/finetune_start" not in endpoints
-        assert "Train tab is off" in app.log.read_text()
-        # local models only from the checkpoints folder, Hub models only from the allow-list
-        _expect_error(lambda: client.predict(str(outside), 0, 2, "auto", 1, False, api_name="/generate"),
-                      "checkpoints folder only")
-        _expect_error(lambda: client.predict("someone/any-model", 0, 2, "auto", 1, False, api_name="/generate"),
-                      "not served by this app")
-        _valid_generate(client, str(tmp_path / "checkpoints" / "tiny"))
-    finally:
-        app.stop()
-
-
-def test_public_app_trains_only_behind_a_login(tmp_path):
-    app = _public_app(tmp_path, BEDGEN_PUBLIC="1", BEDGEN_ENABLE_TRAINING="1", BEDGEN_AUTH="alice:wonderland-42")
-    try:
-        with pytest.raises(Exception):
-            Client(app.url, verbose=False).view_api(print_info=False)  # no login, no API
-        client = Client(app.url, auth=("alice", "wonderland-42"), verbose=False)
-        endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-        assert "/train_start" in endpoints
-        _expect_error(lambda: client.predict("/etc", "tiny", 16, 5, 4, 1e-3, "adamw", "r1", "",
-                                             api_name="/train_start"), "inside the data roots")
-        assert "wonderland-42" not in app.log.read_text()
-    finally:
-        app.stop()
-
-
-def test_spaces_gpu_decorator_is_used_when_the_package_is_present(tmp_path):
-    """On a ZeroGPU Space `spaces.GPU` must wrap the GPU events; a stand-in package records its calls."""
-    fake = tmp_path / "site" / "spaces"
+def _fake_spaces_package(site: Path) -> Path:
+    """A stand-in for the `spaces` package of ZeroGPU Spaces: `spaces.GPU` records each call it wraps."""
+    fake = site / "spaces"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(
         "import functools, os\n"
@@ -368,12 +343,48 @@ def test_spaces_gpu_decorator_is_used_when_the_package_is_present(tmp_path):
         "        return fn(*args, **kwargs)\n"
         "    return wrapped\n"
     )
+    return site
+
+
+@pytest.mark.slow
+def test_space_app_has_no_train_tab_without_auth_and_wraps_gpu_events(tmp_path):
+    """A Space (SPACE_ID: public mode) asked for training without a login has no Train tab; on a
+    ZeroGPU Space `spaces.GPU` must wrap the GPU events (one app serves both checks)."""
+    outside = tmp_path / "elsewhere" / "tiny"
+    make_tiny_checkpoint(outside)
+    site = _fake_spaces_package(tmp_path / "site")
     mark = tmp_path / "gpu-calls.txt"
-    app = _public_app(tmp_path, PYTHONPATH=os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]),
-                      SPACES_MARK=str(mark), SPACE_ID="someone/bedgen")
+    app = _public_app(tmp_path, SPACE_ID="someone/bedgen", BEDGEN_ENABLE_TRAINING="1", SPACES_MARK=str(mark),
+                      PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     try:
-        _valid_generate(Client(app.url, verbose=False), str(tmp_path / "checkpoints" / "tiny"))
-        assert mark.read_text().split() == ["on_generate"]
+        client = Client(app.url, verbose=False)
+        endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        assert "/train_start" not in endpoints and "/finetune_start" not in endpoints
+        assert "Train tab is off" in app.log.read_text()
+        # local models only from the checkpoints folder, Hub models only from the allow-list
+        _expect_error(lambda: client.predict(str(outside), 0, 2, "auto", 1, False, api_name="/generate"),
+                      "checkpoints folder only")
+        _expect_error(lambda: client.predict("someone/any-model", 0, 2, "auto", 1, False, api_name="/generate"),
+                      "not served by this app")
+        before = mark.read_text().split() if mark.exists() else []
+        _valid_generate(client, str(tmp_path / "checkpoints" / "tiny"))
+        assert mark.read_text().split()[len(before):] == ["on_generate"]
+    finally:
+        app.stop()
+
+
+@pytest.mark.slow
+def test_public_app_trains_only_behind_a_login(tmp_path):
+    app = _public_app(tmp_path, BEDGEN_PUBLIC="1", BEDGEN_ENABLE_TRAINING="1", BEDGEN_AUTH="alice:wonderland-42")
+    try:
+        with pytest.raises(Exception):
+            Client(app.url, verbose=False).view_api(print_info=False)  # no login, no API
+        client = Client(app.url, auth=("alice", "wonderland-42"), verbose=False)
+        endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        assert "/train_start" in endpoints
+        _expect_error(lambda: client.predict("/etc", "tiny", 16, 5, 4, 1e-3, "adamw", "r1", "",
+                                             api_name="/train_start"), "inside the data roots")
+        assert "wonderland-42" not in app.log.read_text()
     finally:
         app.stop()
 
@@ -476,6 +487,7 @@ def _junk_for(value, files: dict[str, Path]) -> list:
     return JUNK_TEXT + [12345]
 
 
+@pytest.mark.slow
 def test_every_endpoint_survives_junk_in_every_argument(hard_app):
     """Each argument of each endpoint gets junk of its kind; every reply is a result or an error
     that says something (no bare 'Error', no traceback), and generation works after each endpoint."""

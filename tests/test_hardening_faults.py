@@ -90,7 +90,14 @@ def _latest_step(run: Path) -> int:
         return 0
 
 
-def test_sigkill_at_ten_random_moments_then_resume(tmp_path):
+# Ten kills in all (3 in start-up, 3 in a step, 4 in a save), over two runs so that no single
+# test spends long: each start of `bedgen train` costs seconds of imports on a busy machine.
+KILL_SERIES = {"a": (1234, ["start-up", "step", "save", "save"]), "b": (5678, ["start-up", "start-up", "save", "save"])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("series", sorted(KILL_SERIES))
+def test_sigkill_at_random_moments_then_resume(tmp_path, series):
     """Kills land in start-up, in a step (also after bedgen-run.json is written but before the
     first checkpoint) and in checkpoint writes. After each: every visible checkpoint loads and
     samples, the run points at one of them and never moves back, and the next start resumes
@@ -100,8 +107,9 @@ def test_sigkill_at_ten_random_moments_then_resume(tmp_path):
     write_rooms(data, 24, size=20)
     run = tmp_path / "run"
     steps, every = 100, 7
-    rng = random.Random(1234)
-    moments = ["start-up"] * 3 + ["step"] * 2 + ["save"] * 4
+    seed, moments = KILL_SERIES[series]
+    rng = random.Random(seed)
+    moments = list(moments)
     rng.shuffle(moments)
     moments = ["step", *moments]  # the first kill most likely finds the run folder but no checkpoint
     log = open(tmp_path / "train.log", "w")

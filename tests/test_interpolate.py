@@ -209,6 +209,7 @@ def test_unusual_modes_are_converted_like_training_data(pipe, rooms):
             assert seen.mean() > 250, name
 
 
+@pytest.mark.slow
 def test_cli_writes_frames_strip_and_gif(tiny_checkpoint, rooms, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "bedgen", "interpolate", "--model", str(tiny_checkpoint),

@@ -7,6 +7,7 @@ weights copied in independently.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -25,8 +26,8 @@ from PIL import Image
 from bedgen.data import preprocess
 from bedgen.errors import BedgenError
 from bedgen.neighbours import (
-    MEMORISATION_FACTOR, LpipsEmbedder, LpipsIndex, build_index, find_indexes, load_neighbour_image,
-    shared_embedder,
+    MEMORISATION_FACTOR, NON_STANDARD_NOTE, LpipsEmbedder, LpipsIndex, build_index, find_indexes,
+    load_neighbour_image, shared_embedder,
 )
 from synthetic import write_rooms
 
@@ -161,24 +162,25 @@ def test_stored_fp16_distances_are_within_1e4_without_rerank(index, ref, rooms, 
     assert 0 < errors.max() < 1e-4
 
 
-def test_an_indexed_image_finds_itself_and_is_flagged_memorised(index, rooms):
+def test_an_indexed_image_finds_itself_below_the_memorisation_threshold(index, rooms):
     for i in (0, 17, ROOMS - 1):
         result = index.search([Image.open(rooms[i])], k=3)[0]
         first = result.neighbours[0]
         assert (first.rank, first.key) == (1, rooms[i].name)
         assert first.lpips < 1e-5 and result.nearest == first.lpips
         assert first.path == str(rooms[i].resolve()) and first.source == str(rooms[i].parent.resolve())
-        assert result.memorised and result.typical_nn == index.typical_nn["median"]
+        assert result.below_threshold and result.typical_nn == index.typical_nn["median"]
+        assert not result.standard_weights and not result.memorised  # random weights: no verdict
 
 
 def test_a_recompressed_copy_is_flagged_and_noise_is_not(index, rooms):
     buffer = io.BytesIO()
     Image.open(rooms[3]).save(buffer, "JPEG", quality=90)
     copy = index.search([Image.open(buffer)], k=1)[0]
-    assert copy.neighbours[0].key == rooms[3].name and copy.memorised
+    assert copy.neighbours[0].key == rooms[3].name and copy.below_threshold
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
     unrelated = index.search([noise], k=1)[0]
-    assert not unrelated.memorised
+    assert not unrelated.below_threshold and not unrelated.memorised
     assert unrelated.nearest > MEMORISATION_FACTOR * unrelated.typical_nn
 
 
@@ -187,6 +189,8 @@ def test_index_json_describes_the_index(index, rooms, alex_weights):
     assert manifest["format"] == "bedgen-lpips-index" and manifest["complete"] is True
     assert (manifest["net"], manifest["resolution"], manifest["square"]) == ("alex", RESOLUTION, "crop")
     assert manifest["lpips_weights"] == str(alex_weights.resolve())
+    assert manifest["lpips_weights_sha256"] == hashlib.sha256(alex_weights.read_bytes()).hexdigest()
+    assert manifest["lpips_standard"] is False and index.standard_weights is False
     assert manifest["count"] == len(index) == ROOMS and manifest["skipped"] == 0
     assert manifest["data"]["kind"] == "folder" and manifest["data"]["source"] == str(rooms[0].parent.resolve())
     assert manifest["dim"] == sum(s["channels"] * s["height"] * s["width"] for s in manifest["layers"])
@@ -280,6 +284,7 @@ def test_a_one_image_index_has_no_typical_distance(tmp_path, alex_weights):
         index.search([tmp_path / "one" / "room-00000.png"], k=2)
 
 
+@pytest.mark.slow
 def test_vgg_index_matches_lpips_vgg(tmp_path, alex_weights):
     weights = save_backbone(tmp_path / "vgg16-random.safetensors", net="vgg")
     paths = write_rooms(tmp_path / "rooms", 6, size=24, seed=11)
@@ -455,24 +460,31 @@ def bedgen(*args):
                           timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def test_cli_index_then_neighbours(root, rooms, alex_weights, tmp_path):
+@pytest.mark.slow
+def test_cli_index_then_neighbours(root, rooms, alex_weights, tmp_path, capsys):
+    from bedgen.cli import main
+
     out = tmp_path / "cli-index"
-    run = bedgen("index", "--data", root / "rooms", "--out", out, "--resolution", RESOLUTION,
-                 "--lpips-weights", alex_weights, "--batch-size", 16)
-    assert run.returncode == 0, run.stderr
-    assert f"indexed {ROOMS} images at {RESOLUTION} px" in run.stdout
+    # index in this process (its output is all that differs), neighbours as a user runs it
+    assert main(["index", "--data", str(root / "rooms"), "--out", str(out), "--resolution", str(RESOLUTION),
+                 "--lpips-weights", str(alex_weights), "--batch-size", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert f"indexed {ROOMS} images at {RESOLUTION} px" in printed and NON_STANDARD_NOTE in printed
     run = bedgen("neighbours", "--index", out, "--image", rooms[12], "-k", 3)
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert [line["rank"] for line in lines] == [1, 2, 3]
     assert lines[0]["key"] == rooms[12].name and lines[0]["path"] == str(rooms[12].resolve()) and lines[0]["lpips"] < 1e-5
-    assert "POSSIBLE MEMORISED COPY" in run.stderr
+    assert f"below {MEMORISATION_FACTOR} x typical {NON_STANDARD_NOTE}" in run.stderr
+    assert "POSSIBLE MEMORISED COPY" not in run.stderr  # random weights: no confident verdict
 
 
-def test_cli_neighbours_of_a_missing_index_exits_2(tmp_path, rooms):
-    run = bedgen("neighbours", "--index", tmp_path / "gone", "--image", rooms[0])
-    assert run.returncode == 2
-    assert run.stderr.startswith("bedgen: error: no LPIPS index at") and len(run.stderr.splitlines()) == 1
+def test_cli_neighbours_of_a_missing_index_exits_2(tmp_path, rooms, capsys):
+    from bedgen.cli import main
+
+    assert main(["neighbours", "--index", str(tmp_path / "gone"), "--image", str(rooms[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bedgen: error: no LPIPS index at") and len(err.splitlines()) == 1
 
 
 def test_cli_bad_inputs_exit_2_with_one_line(index, rooms, tmp_path, capsys):
@@ -488,3 +500,43 @@ def test_cli_bad_inputs_exit_2_with_one_line(index, rooms, tmp_path, capsys):
         assert main([str(a) for a in args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("bedgen: error: ") and message in err and len(err.splitlines()) == 1
+
+
+# --- standard and non-standard backbone weights -------------------------------------------
+
+
+def test_torchvisions_file_name_with_other_weights_is_not_standard(root, rooms, monkeypatch, tmp_path):
+    """Random weights saved in the torch hub cache under torchvision's own file name: torchvision
+    loads a cached file without checking it, so the index hashes it and marks it non-standard."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(3)
+    torch.save(torchvision.models.alexnet().state_dict(), cached)
+    path = build_index(str(root / "rooms"), tmp_path / "index", resolution=RESOLUTION, batch_size=8)
+    manifest = json.loads((path / "index.json").read_text())
+    assert manifest["lpips_weights"] is None  # "torchvision's pretrained weights" ...
+    assert manifest["lpips_standard"] is False  # ... but not their content
+    result = LpipsIndex.open(path).search([rooms[5]], k=1)[0]
+    assert result.neighbours[0].key == rooms[5].name and result.below_threshold
+    assert not result.memorised and not result.standard_weights
+
+
+def test_only_an_index_recording_standard_weights_gives_a_verdict(index, rooms, tmp_path):
+    import shutil
+
+    def search_copy(name: str, **record):
+        folder = shutil.copytree(index.path, tmp_path / name)
+        manifest = json.loads((folder / "index.json").read_text())
+        for key in ("lpips_standard", "lpips_weights_sha256"):
+            manifest.pop(key)
+        (folder / "index.json").write_text(json.dumps({**manifest, **record}))
+        return LpipsIndex.open(folder).search([rooms[9]], k=1)[0]
+
+    standard = search_copy("standard", lpips_standard=True)
+    assert standard.standard_weights and standard.below_threshold and standard.memorised
+    # An index from before the record, built from a weights file: nothing says the file was standard.
+    older = search_copy("older")
+    assert not older.standard_weights and older.below_threshold and not older.memorised

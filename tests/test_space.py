@@ -102,6 +102,7 @@ def call(url: str, api_name: str, data: list) -> list:
     return json.loads(payloads[-1])
 
 
+@pytest.mark.slow
 def test_space_runs_this_app_for_the_pushed_model(hub, tmp_path, capsys):
     local = make_tiny_checkpoint(tmp_path / "tiny")
     push_model(local, "alice/tiny", samples=0)

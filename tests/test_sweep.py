@@ -105,6 +105,7 @@ def fids(run: Path) -> list[float]:
     return [m["fid"] for m in sorted((m for m in metrics(run) if "fid" in m), key=lambda m: m["step"])]
 
 
+@pytest.mark.slow
 def test_grid_sweep_writes_csv_table_and_plots(grid):
     spec, out, outcome = grid
     assert len(outcome.launched) == 8 and not outcome.skipped and len(launches(out)) == 8
@@ -139,6 +140,7 @@ def test_grid_sweep_writes_csv_table_and_plots(grid):
         assert_real_png(path)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(grid):
     spec, out, _ = grid
     before = {p.name: (p / "metrics.jsonl").stat().st_mtime_ns for p in (out / "runs").iterdir()}
@@ -148,6 +150,7 @@ def test_rerun_skips_finished_runs(grid):
     assert {p.name: (p / "metrics.jsonl").stat().st_mtime_ns for p in (out / "runs").iterdir()} == before
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_its_checkpoint(grid):
     """A run killed after its step-3 checkpoint continues from it and ends on the same curve."""
     spec, out, _ = grid
@@ -169,6 +172,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(grid):
     assert json.loads((victim / "sweep-run.json").read_text())["attempts"] == 2
 
 
+@pytest.mark.slow
 def test_cli_dry_run_report_only_and_find_sweeps(grid, capsys):
     spec, out, _ = grid
     config = out / "sweep.yaml"
@@ -189,6 +193,7 @@ def test_cli_dry_run_report_only_and_find_sweeps(grid, capsys):
     assert {p.name for p in found.plots} == {"fid_curves.png", "final_fid.png", "final_loss.png", "loss_curves.png"}
 
 
+@pytest.mark.slow
 def test_diverged_and_failed_runs_are_recorded_not_dropped(rooms, tmp_path, capsys):
     """One at a time around plain SGD: lr 1e12 without clipping really gives NaN; a negative
     num_workers makes the DataLoader raise inside the trainer (a crash, exit code 1)."""

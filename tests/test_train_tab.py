@@ -3,10 +3,15 @@
 import time
 
 import pytest
+import torch
 from gradio_client import Client
+
+from bedgen.device import training_precision
 
 from conftest import AppProcess, make_tiny_checkpoint, save_random_backbone
 from synthetic import write_rooms
+
+pytestmark = pytest.mark.slow  # the app processes this module starts take most of its time
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +58,9 @@ def test_start_watch_stop_then_generate_from_the_run(train_app):
     # progress streams in: the loss curve grows while the run trains
     status = _wait_for(client, lambda s: "step " in s[0] and len(s[1]["data"]) >= 2)
     assert "loss" in status[0] and "img/s" in status[0]
+    mode, reason = training_precision("auto")  # the path that explains the img/s, and why
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f"precision: {device}/{'fp32' if mode == 'no' else mode}: {reason}" in status[0]
     assert "stopping" in client.predict(api_name="/train_stop")
     status = _wait_for(client, lambda s: "stopped" in s[0] and "latest checkpoint" in s[0])
     run = str(root / "checkpoints" / "tab-run")

@@ -92,8 +92,8 @@ def test_improved_ddpm_trains_with_hybrid_loss_and_importance_sampling(rooms, tm
 def _train_cli(run: Path, data: Path, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "bedgen", "train", "--data", str(data), "--preset", "tiny",
             "--resolution", "32", "--out", str(run), "--max-steps", "8", "--checkpoint-every", "4",
-            "--batch-size", "16", "--mixed-precision", "no", "--preview-every", "0", "--log-every", "1",
-            "--warmup-steps", "2", *extra]
+            "--batch-size", "16", "--mixed-precision", "no", "--preview-every", "0", "--preview-images", "0",
+            "--log-every", "1", "--warmup-steps", "2", *extra]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
@@ -105,6 +105,7 @@ def _latest(run: Path) -> str | None:
         return None
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_same_weights(rooms, tmp_path):
     straight = _train_cli(tmp_path / "a", rooms)
     assert straight.wait(timeout=300) == 0, straight.stdout.read()
@@ -130,6 +131,7 @@ def test_resume_after_sigkill_gives_the_same_weights(rooms, tmp_path):
     assert all(abs(curve_a[s] - curve_b[s]) < 1e-6 for s in range(5, 9))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["--cpu", "--multi_gpu"])
 def test_accelerate_launch_with_two_cpu_processes(rooms, tmp_path, mode):
     """``--cpu`` is the documented form; in accelerate 1.x it starts ONE process unless
@@ -142,7 +144,7 @@ def test_accelerate_launch_with_two_cpu_processes(rooms, tmp_path, mode):
             "--set", 'unet.down_block_types=["DownBlock2D","AttnDownBlock2D"]',
             "--set", 'unet.up_block_types=["AttnUpBlock2D","UpBlock2D"]', "--set", "unet.norm_num_groups=4",
             "--out", str(run), "--max-steps", "3", "--checkpoint-every", "3", "--batch-size", "4",
-            "--preview-every", "0", "--mixed-precision", "no"]
+            "--preview-every", "0", "--preview-images", "0", "--mixed-precision", "no"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stdout + done.stderr

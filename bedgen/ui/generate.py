@@ -7,14 +7,16 @@ import numbers
 import random
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
 from PIL import Image
 
 from ..errors import BedgenError
+from ..hub import parse_hub_ref
 from ..pipeline import MAX_SEED
-from ..registry import CURATED_HUB_MODELS, all_models
+from ..registry import CURATED_HUB_MODELS, all_models, local_models
 from ..schedulers import ALL_SAMPLERS
 from .cache import PipelineCache
 from .components import RawNumber, RawSlider, on_gpu
@@ -47,6 +49,19 @@ def describe_model(ref: str, settings: AppSettings) -> str:
         if entry.ref == ref:
             return f"**{entry.ref}** ({entry.source}): {entry.description}"
     return f"**{clip(str(ref))}**: loaded on first use (local folder or Hub id)"
+
+
+def offline_hint(settings: AppSettings) -> str:
+    """Before the first click: with no local model, the default comes from the Hub, which an
+    offline machine cannot reach; say what works without it. Empty otherwise, and on a public
+    app, whose visitors can add no checkpoint."""
+    default_is_hub = parse_hub_ref(settings.default_model) is not None and not Path(settings.default_model).exists()
+    if settings.public or not default_is_hub or local_models(settings.checkpoints):
+        return ""
+    train = "train one in the Train tab or " if settings.training_enabled else ""
+    return (f"No local models yet: the default model is downloaded from the Hub on first use. "
+            f"Offline, {train}put a checkpoint folder in `{settings.checkpoints}/` "
+            f"(`bedgen train --data DIR --preset tiny --out {settings.checkpoints}/NAME`).")
 
 
 def run_generate(
@@ -143,6 +158,8 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.Blo
             )
             refresh = gr.Button("↻ Refresh model list", size="sm", elem_id="generate-refresh")
             model_info = gr.Markdown(describe_model(settings.default_model, settings))
+            hint = offline_hint(settings)
+            gr.Markdown(hint, visible=bool(hint), elem_id="generate-offline-hint")
             with gr.Row():
                 seed = RawNumber(0, label="Seed", precision=0, minimum=0)
                 randomize = gr.Button("🎲 Random", size="sm", scale=0)

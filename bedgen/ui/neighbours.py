@@ -13,7 +13,7 @@ from PIL import Image
 from ..data import preprocess
 from ..errors import BedgenError
 from ..images import load_image
-from ..neighbours import LpipsIndex, SearchResult, find_indexes, load_neighbour_image
+from ..neighbours import NON_STANDARD_NOTE, LpipsIndex, SearchResult, find_indexes, load_neighbour_image
 from .components import ImageUpload, RawSlider, gallery_image
 from .display import display_gallery, enlarged_items
 from .errors import listen
@@ -82,6 +82,8 @@ def _verdict(result: SearchResult, count: int) -> str:
     if result.typical_nn is None or result.typical_nn != result.typical_nn:  # None or nan
         return base + " (the index is too small to know a typical distance)."
     base += f"; training images are typically {result.typical_nn:.4f} from their nearest neighbour."
+    if not result.standard_weights:
+        return f"{base} {NON_STANDARD_NOTE}"
     if result.memorised:
         return "⚠️ **Possible memorised copy.** " + base
     return base + " Not a near-copy."

@@ -315,6 +315,8 @@ def read_status(jobs: TrainingJobs) -> tuple[str, list[dict[str, Any]], str | No
         rate = last.get("img_per_s", 0.0)
         eta = (total - done) * (last.get("images_seen", 0) / max(done, 1)) / max(rate, 1e-9) if total else 0
         parts.append(f"step {done}/{total} · loss {last['loss']:.4f} · {rate:.1f} img/s · ETA {eta / 60:.1f} min")
+    if state.get("precision"):
+        parts.append(f"precision: {state['precision']}")  # the CPU kind explains the img/s
     if state.get("latest"):
         parts.append(f"latest checkpoint: `{state['latest']}`")
     if state.get("message"):
