@@ -9,9 +9,9 @@ import torch
 from diffusers import CMStochasticIterativeScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
 
 import bedgen
-from bedgen.checkpoint import BEDGEN_JSON, load_checkpoint, recover_interrupted_save, save_checkpoint
-from bedgen.errors import BedgenError, ModelNotFoundError
-from bedgen.modeling import build_training_scheduler, build_unet
+from bedgen.storage.checkpoint import BEDGEN_JSON, load_checkpoint, recover_interrupted_save, save_checkpoint
+from bedgen.core.errors import BedgenError, ModelNotFoundError
+from bedgen.models.unet import build_training_scheduler, build_unet
 
 from conftest import make_tiny_checkpoint, tiny_config
 

@@ -19,7 +19,7 @@ def bedgen(*args, env=None):
 
 def bedgen_in_process(capsys, *args):
     """Run the CLI in this process (fast); returns (exit code, stdout, stderr)."""
-    from bedgen.cli import main
+    from bedgen.cli.main import main
 
     try:
         code = main(list(args))

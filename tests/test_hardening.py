@@ -382,7 +382,7 @@ def test_spaces_gpu_decorator_is_used_when_the_package_is_present(tmp_path):
 
 
 def test_model_policy_confines_local_models_and_hub_ids(tmp_path):
-    from bedgen.errors import BedgenError
+    from bedgen.core.errors import BedgenError
     from bedgen.ui.security import ModelPolicy
 
     checkpoints = tmp_path / "checkpoints"

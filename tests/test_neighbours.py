@@ -22,9 +22,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bedgen.data import preprocess
-from bedgen.errors import BedgenError
-from bedgen.neighbours import (
+from bedgen.data.datasets import preprocess
+from bedgen.core.errors import BedgenError
+from bedgen.evaluation.neighbours import (
     MEMORISATION_FACTOR, LpipsEmbedder, LpipsIndex, build_index, find_indexes, load_neighbour_image,
     shared_embedder,
 )
@@ -476,7 +476,7 @@ def test_cli_neighbours_of_a_missing_index_exits_2(tmp_path, rooms):
 
 
 def test_cli_bad_inputs_exit_2_with_one_line(index, rooms, tmp_path, capsys):
-    from bedgen.cli import main
+    from bedgen.cli.main import main
 
     (tmp_path / "notes.png").write_text("not an image")
     cases = [

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import bedgen
-from bedgen.device import cpu_has_bf16, resolve
-from bedgen.errors import BedgenError
-from bedgen.pipeline import MAX_SEED
+from bedgen.core.device import cpu_has_bf16, resolve
+from bedgen.core.errors import BedgenError
+from bedgen.sampling.pipeline import MAX_SEED
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def test_bad_train_requests_are_refused(train_app, data, name, message):
 
 
 def test_ldm_presets_take_an_autoencoder_confined_to_the_checkpoints(train_app, tmp_path):
-    from bedgen.errors import BedgenError
+    from bedgen.core.errors import BedgenError
     from bedgen.ui.settings import AppSettings
     from bedgen.ui.train import check_request
 

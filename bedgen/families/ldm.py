@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import autoencoders as ae
-from ..config import BedgenConfig
-from ..errors import BedgenError
+from ..models import autoencoders as ae
+from ..config.schema import BedgenConfig
+from ..core.errors import BedgenError
 from .ddpm import DiffusionFamily
 
 SCALE_SEED = 0

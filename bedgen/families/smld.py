@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from diffusers import ScoreSdeVeScheduler, UNet2DModel
 
-from .. import score_math as sm
-from ..config import BedgenConfig
-from ..errors import BedgenError
-from ..modeling import build_unet
+from ..maths import score as sm
+from ..config.schema import BedgenConfig
+from ..core.errors import BedgenError
+from ..models.unet import build_unet
 from .base import UNetFamily
 
 # Images used to measure σ_max: the maximum pairwise distance saturates quickly.

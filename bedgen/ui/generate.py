@@ -13,10 +13,10 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image
 
-from ..errors import BedgenError
-from ..pipeline import MAX_SEED
-from ..registry import CURATED_HUB_MODELS, all_models
-from ..schedulers import ALL_SAMPLERS
+from ..core.errors import BedgenError
+from ..sampling.pipeline import MAX_SEED
+from ..storage.registry import CURATED_HUB_MODELS, all_models
+from ..sampling.schedulers import ALL_SAMPLERS
 from .cache import PipelineCache
 from .components import RawNumber, RawSlider, on_gpu
 from .settings import AppSettings

@@ -10,10 +10,10 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from ..data import preprocess
-from ..errors import BedgenError
-from ..images import load_image
-from ..neighbours import LpipsIndex, SearchResult, find_indexes, load_neighbour_image
+from ..data.datasets import preprocess
+from ..core.errors import BedgenError
+from ..core.images import load_image
+from ..evaluation.neighbours import LpipsIndex, SearchResult, find_indexes, load_neighbour_image
 from .components import ImageUpload, RawSlider, gallery_image
 from .generate import _whole
 from .interpolate import _errors_to_ui

@@ -22,9 +22,9 @@ from typing import Any
 
 import gradio as gr
 
-from ..config import PRESETS
-from ..errors import BedgenError
-from ..hub import parse_hub_ref
+from ..config.schema import PRESETS
+from ..core.errors import BedgenError
+from ..core.hub import parse_hub_ref
 from .components import RawNumber, RawSlider
 from .security import inside, local_folder
 from .settings import AppSettings
@@ -246,14 +246,14 @@ def _check_data_source(settings: AppSettings, data: Any) -> str:
 
 
 def _local_refs(settings: AppSettings) -> list[str]:
-    from ..registry import local_models
+    from ..storage.registry import local_models
 
     return [entry.ref for entry in local_models(settings.checkpoints)]
 
 
 def finetune_summary(run: Path) -> str | None:
     """The fine-tune report as one line, once the run has written it."""
-    from ..finetune import REPORT_JSON
+    from ..training.finetune import REPORT_JSON
 
     try:
         report = json.loads((run / REPORT_JSON).read_text())

@@ -1,6 +1,6 @@
 """The model card (README.md) of a pushed model: Hub metadata plus what a reader needs.
 
-Written only from the *redacted* ``bedgen.json`` (see :mod:`bedgen.redact`), so it can
+Written only from the *redacted* ``bedgen.json`` (see :mod:`bedgen.core.redact`), so it can
 hold no local path or secret. The YAML front matter is made by huggingface_hub's own
 ``ModelCardData`` (``library_name: diffusers``, ``pipeline_tag:
 unconditional-image-generation``, tags, datasets, license, and a ``model-index`` with
@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from .. import __version__
 
 PIPELINE_TAG = "unconditional-image-generation"
 FAMILY_TEXT = {

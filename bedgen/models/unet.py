@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from diffusers import DDPMScheduler, UNet2DModel
 
-from .config import BedgenConfig
+from ..config.schema import BedgenConfig
 
 
 def build_unet(config: BedgenConfig) -> UNet2DModel:

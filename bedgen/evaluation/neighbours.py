@@ -82,10 +82,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import DataConfig, ImageDataset, _atomic_write, commit_shards, decode, open_dataset, preprocess
-from .device import resolve_device
-from .errors import BedgenError, one_line
-from .images import load_image
+from ..data.datasets import DataConfig, ImageDataset, _atomic_write, commit_shards, decode, open_dataset, preprocess
+from ..core.device import resolve_device
+from ..core.errors import BedgenError, one_line
+from ..core.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def _model_input(batch: torch.Tensor) -> torch.Tensor:
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(batch.shape)}")
     if batch.dtype == torch.uint8:
-        return batch.float() / 127.5 - 1  # the same mapping as bedgen.images.from_pil
+        return batch.float() / 127.5 - 1  # the same mapping as bedgen.core.images.from_pil
     x = batch.float()
     if x.numel() and (x.min() < -1.001 or x.max() > 1.001):
         raise ValueError("float images must lie in [-1, 1]")

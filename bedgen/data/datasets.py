@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image
 
-from .errors import BedgenError, one_line
-from .hub import hub_offline, parse_hub_ref
+from ..core.errors import BedgenError, one_line
+from ..core.hub import hub_offline, parse_hub_ref
 
 Square = Literal["crop", "pad-white"]
 Split = Literal["train", "validation"]
@@ -889,7 +889,7 @@ def _commit(out: Path, meta: dict[str, Any]) -> None:
 
 def commit_shards(path: Path, meta: dict[str, Any]) -> None:
     """Recompute a sharded folder's totals and write its manifest atomically: the point where
-    a shard counts as done (prepared data here, LPIPS indexes in ``bedgen.neighbours``)."""
+    a shard counts as done (prepared data here, LPIPS indexes in ``bedgen.evaluation.neighbours``)."""
     meta["shards"].sort(key=lambda s: s["index"])
     meta["count"] = sum(s["count"] for s in meta["shards"])
     meta["skipped_keys"] = [k for s in meta["shards"] for k in s["skipped"]]

@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import preprocess
-from .device import resolve
-from .diffusion_math import Schedule
-from .errors import BedgenError
-from .images import grid, load_image, to_pil
+from ..data.datasets import preprocess
+from ..core.device import resolve
+from ..maths.diffusion import Schedule
+from ..core.errors import BedgenError
+from ..core.images import grid, load_image, to_pil
 from .pipeline import MAX_SEED, AutoencoderPipeline, Pipeline, _check_int
 
 METHODS = ("noise", "ddim-inversion")

@@ -1,7 +1,7 @@
 """``bedgen push``, ``bedgen space`` and ``bedgen pull``: the sharing subcommands of the CLI.
 
-Thin wrappers over :mod:`bedgen.publish` and :mod:`bedgen.space`; registered in
-``bedgen.cli.SUBCOMMANDS``. The token comes from ``HF_TOKEN`` or ``hf auth login`` and is
+Thin wrappers over :mod:`bedgen.sharing.publish` and :mod:`bedgen.sharing.space`; registered in
+``bedgen.cli.main.SUBCOMMANDS``. The token comes from ``HF_TOKEN`` or ``hf auth login`` and is
 never printed; ``HF_ENDPOINT`` selects another Hub.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import BedgenError
+from ..core.errors import BedgenError
 
 ENVIRONMENT = ("environment: HF_TOKEN (a token with write access; else the one saved by 'hf auth login'), "
                "HF_ENDPOINT (another Hub), HF_HOME (where the token, the cache and the list of pushed models live)")
@@ -27,8 +27,8 @@ def _count(text: str) -> int:
 
 
 def add_push(sub: argparse._SubParsersAction) -> None:
-    from .device import DEVICES
-    from .publish import DEFAULT_LICENSE, DEFAULT_SAMPLES
+    from ..core.device import DEVICES
+    from ..sharing.publish import DEFAULT_LICENSE, DEFAULT_SAMPLES
 
     p = sub.add_parser(
         "push", help="publish a checkpoint or training run on the Hugging Face Hub (diffusers layout + model card)",
@@ -52,8 +52,8 @@ def add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .cli import StageProgress
-    from .publish import push_model
+    from .main import StageProgress
+    from ..sharing.publish import push_model
 
     with StageProgress(unit="step") as progress:
         result = push_model(
@@ -72,7 +72,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def add_space(sub: argparse._SubParsersAction) -> None:
-    from .space import hardware_choices
+    from ..sharing.space import hardware_choices
 
     p = sub.add_parser(
         "space", help="create or update a Gradio Space running this app for pushed models",
@@ -92,7 +92,7 @@ def add_space(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_space(args: argparse.Namespace) -> int:
-    from .space import deploy_space
+    from ..sharing.space import deploy_space
 
     result = deploy_space(args.repo, args.model, hardware=args.hardware, private=args.private, message=args.message)
     what = f"commit {result.commit[:12]}" if result.changed else "app unchanged"
@@ -120,7 +120,7 @@ def add_pull(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .publish import pull_model
+    from ..sharing.publish import pull_model
 
     if args.include_training_state and args.out is None:
         raise BedgenError("--include-training-state needs --out DIR: the run folder that 'bedgen train --resume' continues")

@@ -21,16 +21,16 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
-from .checkpoint import CheckpointInfo, load_checkpoint
-from .device import Placement, resolve
-from .errors import BedgenError
-from .images import to_pil
-from . import autoencoders
-from .checkpoint import is_autoencoder_checkpoint, latest_in_run, load_autoencoder_checkpoint, recover_interrupted_save
-from .families import smld
-from .hub import resolve_ref
+from ..storage.checkpoint import CheckpointInfo, load_checkpoint
+from ..core.device import Placement, resolve
+from ..core.errors import BedgenError
+from ..core.images import to_pil
+from ..models import autoencoders
+from ..storage.checkpoint import is_autoencoder_checkpoint, latest_in_run, load_autoencoder_checkpoint, recover_interrupted_save
+from ..families import smld
+from ..core.hub import resolve_ref
 from .schedulers import check_steps, default_sampler, make_scheduler, samplers_for
-from . import score_math as sm
+from ..maths import score as sm
 
 ProgressFn = Callable[[int, int], None]
 MAX_SEED = 2**63 - 1
@@ -213,7 +213,7 @@ class Pipeline:
         return smld.is_score_scheduler(self.training_scheduler)
 
     def _score_config(self) -> Any:
-        from .config import ScoreConfig
+        from ..config.schema import ScoreConfig
 
         config = self.info.config
         return config.score if config is not None and config.family == "smld" else ScoreConfig()
@@ -433,8 +433,8 @@ class AutoencoderPipeline:
 
     def reconstruct(self, images: list[Any], device: str = "auto", dtype: str = "auto") -> list[Image.Image]:
         """x̂ = D(E(x)) for uploaded images (preprocessed like the training data)."""
-        from .data import preprocess
-        from .images import load_image
+        from ..data.datasets import preprocess
+        from ..core.images import load_image
 
         placement = self._place(resolve(device, dtype))
         config = self.info.config

@@ -18,8 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .errors import BedgenError
+from .. import __version__
+from ..core.errors import BedgenError
 from .publish import authorize, check_repo_id, find_token, hub_api, hub_errors, publish_files
 
 DEFAULT_HARDWARE = "cpu-basic"
@@ -61,7 +61,7 @@ def deploy_space(
     token: str | None = None,
 ) -> SpaceResult:
     """Create or update the Gradio Space ``space_id`` serving ``models`` (Hub ids ``org/name[@branch]``)."""
-    from .hub import parse_hub_ref
+    from ..core.hub import parse_hub_ref
 
     space_id = check_repo_id(space_id)
     refs = [parse_hub_ref(m) if isinstance(m, str) else None for m in models or []]
@@ -140,7 +140,7 @@ def space_readme(space_id: str, models: list[str]) -> str:
     import gradio
     from huggingface_hub import SpaceCardData
 
-    from .checkpoint import provenance
+    from ..storage.checkpoint import provenance
 
     data = SpaceCardData(
         title=space_id.split("/")[-1], emoji="🛏️", colorFrom="indigo", colorTo="yellow", sdk="gradio",

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import BedgenConfig
-from .data import DataConfig, ImageDataset, open_dataset
-from .errors import BedgenError
+from ..config.schema import BedgenConfig
+from ..data.datasets import DataConfig, ImageDataset, open_dataset
+from ..core.errors import BedgenError
 
 CLASS_IMAGES = "class-images"
 REPORT_JSON = "finetune-report.json"
@@ -153,8 +153,8 @@ def finetune_config(request: FinetuneRequest, source: BedgenConfig, class_data: 
 
 
 def source_config(model: str) -> BedgenConfig:
-    from .checkpoint import latest_in_run, read_description
-    from .hub import resolve_ref
+    from ..storage.checkpoint import latest_in_run, read_description
+    from ..core.hub import resolve_ref
 
     description = read_description(latest_in_run(resolve_ref(model)))
     if "config" not in description:
@@ -171,7 +171,7 @@ def source_config(model: str) -> BedgenConfig:
 def run_finetune(request: FinetuneRequest, resume: bool = False, progress: bool = True,
                  on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Everything ``bedgen finetune`` does; returns the report (or {} with report=False)."""
-    from .neighbours import LpipsEmbedder
+    from ..evaluation.neighbours import LpipsEmbedder
     from .trainer import Trainer
 
     out = Path(request.out)
@@ -211,7 +211,7 @@ def run_finetune(request: FinetuneRequest, resume: bool = False, progress: bool 
 
 def _resumed_config(out: Path) -> BedgenConfig:
     """The config the run was started with (bedgen-run.json has it from the first moment)."""
-    from .checkpoint import RUN_JSON
+    from ..storage.checkpoint import RUN_JSON
 
     config = BedgenConfig.from_dict(json.loads((out / RUN_JSON).read_text())["config"])
     if not config.finetune.init_from:
@@ -226,7 +226,7 @@ def _class_data(request: FinetuneRequest, out: Path, progress: bool) -> str | No
         return str(Path(request.class_data).expanduser().resolve())
     if request.num_class_images < 1:
         return None
-    from .pipeline import load
+    from ..sampling.pipeline import load
 
     folder = out / CLASS_IMAGES
     generate_class_images(load(request.model), folder, request.num_class_images, progress=progress)
@@ -276,8 +276,8 @@ def _bar(total: int, desc: str):
 def measure(source_ref: str, finetuned_ref: str, instances: ImageDataset, embedder: Any, samples: int, seed: int,
             sheets: Path | None = None) -> dict[str, Any]:
     """LPIPS to the nearest instance and mean pairwise LPIPS, for source and fine-tuned samples."""
-    from .images import grid
-    from .pipeline import load
+    from ..core.images import grid
+    from ..sampling.pipeline import load
 
     instance_phi = embedder.embed(torch.stack([instances[i]["image"] for i in range(len(instances))]))
     report: dict[str, Any] = {"kind": "finetune", "samples": samples, "seed": seed, "instances": len(instances),
@@ -300,7 +300,7 @@ def _uint8(images: list[Image.Image], resolution: int) -> torch.Tensor:
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """LPIPS(x, y) = ‖φ(x) − φ(y)‖² for the φ of :class:`bedgen.neighbours.LpipsEmbedder`
+    """LPIPS(x, y) = ‖φ(x) − φ(y)‖² for the φ of :class:`bedgen.evaluation.neighbours.LpipsEmbedder`
     (Zhang et al. 2018, Eq. 1: unit-normalised, channel-weighted, spatially averaged)."""
     a, b = a.double(), b.double()
     return (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
@@ -322,7 +322,7 @@ def mean_pairwise_distance(samples: torch.Tensor) -> float:
 
 
 def _write_report(out: Path, checkpoint: Path, report: dict[str, Any]) -> None:
-    from .checkpoint import BEDGEN_JSON, write_json
+    from ..storage.checkpoint import BEDGEN_JSON, write_json
 
     write_json(out / REPORT_JSON, report)
     description_file = Path(checkpoint) / BEDGEN_JSON

@@ -21,8 +21,8 @@ from typing import Any, Callable
 import torch
 from diffusers import AutoencoderKL, VQModel
 
-from .config import AutoencoderConfig, BedgenConfig
-from .errors import BedgenError, ModelNotFoundError
+from ..config.schema import AutoencoderConfig, BedgenConfig
+from ..core.errors import BedgenError, ModelNotFoundError
 
 Autoencoder = AutoencoderKL | VQModel
 CLASSES = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
@@ -84,8 +84,8 @@ def find_autoencoder_folder(path: Path) -> Path | None:
 
 def load_autoencoder(ref: str) -> Autoencoder:
     """An ``AutoencoderKL`` or ``VQModel`` from a local folder or Hub id (safetensors only)."""
-    from .checkpoint import latest_in_run
-    from .hub import resolve_ref
+    from ..storage.checkpoint import latest_in_run
+    from ..core.hub import resolve_ref
 
     try:
         path = latest_in_run(resolve_ref(ref, HUB_PATTERNS))

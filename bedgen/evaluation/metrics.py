@@ -56,9 +56,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .data import DataConfig, ImageDataset, _atomic_write, open_dataset
-from .device import resolve_device
-from .errors import BedgenError, one_line
+from ..data.datasets import DataConfig, ImageDataset, _atomic_write, open_dataset
+from ..core.device import resolve_device
+from ..core.errors import BedgenError, one_line
 
 # progress(done, total, stage): stage "reference" counts data-source images turned into
 # features, stage "samples" counts generated images turned into features.
@@ -826,7 +826,7 @@ def make_result(
     checkpoint_step: int | None = None,
 ) -> dict[str, Any]:
     """The JSON-able record of one evaluation (what ``bedgen eval`` prints and stores)."""
-    from . import __version__
+    from .. import __version__
 
     values = dict(values)
     settings = values.pop("settings", {})
@@ -876,7 +876,7 @@ def _square_note(reference: ReferenceStats, square: str) -> list[str]:
 def record_result(pipe: Any, result: dict[str, Any]) -> Path | None:
     """Append ``result`` to the "metrics" list of a local bedgen checkpoint's bedgen.json
     (atomic rewrite); None, writing nothing, for Hub or foreign models."""
-    from .checkpoint import BEDGEN_JSON, write_json
+    from ..storage.checkpoint import BEDGEN_JSON, write_json
 
     info = pipe.info
     if info.layout != "bedgen" or not Path(str(info.ref)).expanduser().exists():

@@ -30,10 +30,10 @@ import torch
 from diffusers import DDPMPipeline, LDMPipeline, ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from . import __version__
-from .config import BedgenConfig
-from .errors import BedgenError, ModelNotFoundError
-from .hub import download, inside, parse_hub_ref, resolve_ref
+from .. import __version__
+from ..config.schema import BedgenConfig
+from ..core.errors import BedgenError, ModelNotFoundError
+from ..core.hub import download, inside, parse_hub_ref, resolve_ref
 
 BEDGEN_JSON = "bedgen.json"
 RUN_JSON = "bedgen-run.json"  # a training run folder: its "latest" names the newest checkpoint
@@ -309,14 +309,14 @@ def _describe(
 
 def is_autoencoder_checkpoint(path: Path) -> bool:
     """A ``vae`` family checkpoint (or a bare autoencoder folder): no UNet to sample with."""
-    from .autoencoders import find_autoencoder_folder
+    from ..models.autoencoders import find_autoencoder_folder
 
     has_unet = (path / "unet" / "config.json").is_file() or (path / "scheduler_config.json").is_file()
     return not has_unet and find_autoencoder_folder(path) is not None
 
 
 def load_autoencoder_checkpoint(ref: str, path: Path) -> tuple[torch.nn.Module, CheckpointInfo]:
-    from .autoencoders import find_autoencoder_folder, load_autoencoder_folder
+    from ..models.autoencoders import find_autoencoder_folder, load_autoencoder_folder
 
     folder = find_autoencoder_folder(path)
     if folder is None:

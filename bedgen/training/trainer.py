@@ -1,4 +1,4 @@
-"""One trainer for every family (DESIGN.md: the family supplies a per-sample loss).
+"""One trainer for every family (docs/architecture.md: the family supplies a per-sample loss).
 
 Run directory::
 
@@ -40,17 +40,17 @@ from diffusers.training_utils import EMAModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import RUN_JSON, CheckpointInfo, write_json
-from .config import BedgenConfig
-from .data import ImageDataset, open_dataset
+from ..storage.checkpoint import RUN_JSON, CheckpointInfo, write_json
+from ..config.schema import BedgenConfig
+from ..data.datasets import ImageDataset, open_dataset
 from .finetune import images_of, open_training_data
-from .device import training_precision
-from .errors import BedgenError, one_line
-from .families import get_family
-from .families.base import as_saved  # noqa: F401  (re-exported: part of the trainer API)
-from .images import grid
-from .pipeline import Pipeline
-from .state_io import load_state, save_state
+from ..core.device import training_precision
+from ..core.errors import BedgenError, one_line
+from ..families import get_family
+from ..families.base import as_saved  # noqa: F401  (re-exported: part of the trainer API)
+from ..core.images import grid
+from ..sampling.pipeline import Pipeline
+from ..core.state_io import load_state, save_state
 
 STATE_DIR = "training_state"
 BEST_FID_DIR = "best-fid"
@@ -508,7 +508,7 @@ class Trainer:
         t = self.config.train
         if t.fid_every <= 0:
             return None, None
-        from .metrics import check_request, shared_inception
+        from ..evaluation.metrics import check_request, shared_inception
 
         inception = shared_inception(t.inception_weights, self.device)
         reference = self._open_fid_reference(inception) if self.is_main else None
@@ -521,7 +521,7 @@ class Trainer:
         return inception, reference
 
     def _open_fid_reference(self, inception: Any) -> Any:
-        from .metrics import open_reference
+        from ..evaluation.metrics import open_reference
 
         t, data = self.config.train, self.config.data
         same_data = (t.fid_ref or "").strip() == data.source.strip()
@@ -537,7 +537,7 @@ class Trainer:
 
     def _measure_fid(self) -> None:
         """FID of the EMA weights; every process generates its share, the main one logs it."""
-        from .metrics import fid_of_features, make_result, sample_features, shard
+        from ..evaluation.metrics import fid_of_features, make_result, sample_features, shard
 
         t = self.config.train
         start = time.perf_counter()
@@ -571,7 +571,7 @@ class Trainer:
 
     def _gather_rows(self, rows: torch.Tensor, total: int) -> torch.Tensor:
         """Every process's share of rows in rank order (shares differ in length by at most one)."""
-        from .metrics import shard
+        from ..evaluation.metrics import shard
 
         world = self.accelerator.num_processes
         if world == 1:

@@ -47,7 +47,7 @@ def grid(images: list[Image.Image], columns: int | None = None, pad: int = 2) ->
 
 MAX_INPUT_PIXELS = 64_000_000  # 8000 x 8000 at 8 bits a sample; larger uploads are refused before decoding
 MIN_INPUT_SIDE = 8
-# Samples deeper than 8 bits are scaled to 8 through float64 arrays (bedgen.data), several
+# Samples deeper than 8 bits are scaled to 8 through float64 arrays (bedgen.data.datasets), several
 # copies of 8 bytes a pixel: a 64-megapixel 16-bit PNG took ~4 GB. They get a limit 8x
 # lower, still far more than any model here needs (256-1024 px a side).
 DEEP_SAMPLE_BITS = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
@@ -62,7 +62,7 @@ def load_image(source: "str | os.PathLike[str] | bytes | Image.Image", name: str
     header's size and bit depth, before any pixel is decoded; a JPEG over the limit is
     decoded at 1/2, 1/4 or 1/8 scale instead) and images too small to mean anything.
     Animated images give their first frame. Mode conversion (alpha over white, 16-bit
-    scaling, grayscale) is left to ``bedgen.data.preprocess`` so user images go through
+    scaling, grayscale) is left to ``bedgen.data.datasets.preprocess`` so user images go through
     exactly the training preprocessing.
     """
     if isinstance(source, Image.Image):

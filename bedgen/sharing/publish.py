@@ -2,12 +2,12 @@
 
 Everything goes through huggingface_hub's own ``HfApi`` (``whoami``, ``create_repo``,
 ``create_branch``, ``create_commit``) at ``HF_ENDPOINT`` (read at call time, like
-:mod:`bedgen.hub`), with the token from ``HF_TOKEN`` or ``hf auth login``.
+:mod:`bedgen.core.hub`), with the token from ``HF_TOKEN`` or ``hf auth login``.
 
 A push is one commit: the checkpoint's diffusers folders (safetensors weights,
 configs), its ``bedgen.json`` with secrets and local paths removed
-(:mod:`bedgen.redact`), a sample grid, the loss curve of the run and the model card
-(:mod:`bedgen.model_card`). The Hub applies a commit whole or not at all, so a push
+(:mod:`bedgen.core.redact`), a sample grid, the loss curve of the run and the model card
+(:mod:`bedgen.sharing.model_card`). The Hub applies a commit whole or not at all, so a push
 that fails half-way (token, network, a cut connection) leaves the repo as it was and
 the same command can simply be run again. Before anything is uploaded the token is
 checked (present, accepted, allowed to write to the namespace) and the folder is
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import __version__
-from .errors import BedgenError, one_line
+from .. import __version__
+from ..core.errors import BedgenError, one_line
 
 RepoFiles = dict[str, "bytes | Path"]  # path in the repo -> content (bytes) or a local file to upload as is
 Progress = Callable[[int, int, str], None]  # (done, total, stage), like bedgen eval's progress
@@ -110,7 +110,7 @@ def find_token(token: str | None = None) -> str:
 def hub_api(token: str):
     from huggingface_hub import HfApi
 
-    from .hub import hub_endpoint, hub_offline
+    from ..core.hub import hub_endpoint, hub_offline
 
     if hub_offline():
         raise BedgenError("offline mode is on (HF_HUB_OFFLINE=1); publishing needs the Hub: unset it to push")
@@ -267,9 +267,9 @@ def push_model(
     ``samples`` images (seeds 0..samples-1, the model's default sampler) make
     ``samples.png``; 0 skips it. ``progress(done, total, stage)`` follows the stages.
     """
-    from .checkpoint import BEDGEN_JSON
+    from ..storage.checkpoint import BEDGEN_JSON
     from .model_card import CardInputs, model_card
-    from .redact import redact_file, secrets_from_environment
+    from ..core.redact import redact_file, secrets_from_environment
 
     repo_id = check_repo_id(repo_id)
     branch = check_branch(revision)
@@ -309,7 +309,7 @@ def push_model(
                                                      private=private, managed=_managed)
     _report(progress, 1, 1, "uploading")
     result = PushResult(repo_id, branch, url, commit, tuple(sorted(files)), changed, is_private)
-    from .registry import remember_push
+    from ..storage.registry import remember_push
 
     remember_push(result, api.endpoint, source=checkpoint, family=pipe.info.family)
     return result
@@ -317,7 +317,7 @@ def push_model(
 
 def checkpoint_folder(ref: str | Path) -> tuple[Path, Path | None]:
     """(checkpoint folder, its training run folder or None) for a checkpoint or run folder."""
-    from .checkpoint import RUN_JSON, latest_in_run, looks_like_checkpoint
+    from ..storage.checkpoint import RUN_JSON, latest_in_run, looks_like_checkpoint
 
     path = Path(str(ref)).expanduser()
     if not path.is_dir():
@@ -353,7 +353,7 @@ def checkpoint_files(checkpoint: Path, include_training_state: bool) -> dict[str
 
 
 def _load(checkpoint: Path):
-    from .pipeline import load
+    from ..sampling.pipeline import load
 
     return load(str(checkpoint))
 
@@ -366,7 +366,7 @@ def _pipeline_class(checkpoint: Path) -> str | None:
 def sample_grid(pipe, count: int, device: str = "auto", progress: Progress | None = None):
     """(SampleGrid, PNG bytes) of ``count`` images from seeds 0..count-1, or None (count 0, or a model
     that cannot sample, such as a VQ autoencoder)."""
-    from .images import grid
+    from ..core.images import grid
     from .model_card import SampleGrid
 
     if count < 1:
@@ -429,8 +429,8 @@ def _report(progress: Progress | None, done: int, total: int, stage: str) -> Non
 def pull_model(ref: str, out: str | Path | None = None, include_training_state: bool = False) -> Path:
     """Download a pushed model (``org/name[@revision]``) into the Hub cache and return its folder;
     with ``out``, copy it there as a local model (a run folder to ``--resume`` with training state)."""
-    from .checkpoint import BEDGEN_JSON, RUN_JSON, write_json
-    from .hub import SAFE_PATTERNS, download, parse_hub_ref
+    from ..storage.checkpoint import BEDGEN_JSON, RUN_JSON, write_json
+    from ..core.hub import SAFE_PATTERNS, download, parse_hub_ref
 
     hub = parse_hub_ref(ref) if isinstance(ref, str) else None
     if hub is None:

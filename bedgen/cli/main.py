@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .cli_share import SHARE_SUBCOMMANDS
-from .errors import BedgenError
+from .share import SHARE_SUBCOMMANDS
+from ..core.errors import BedgenError
 
 
 def _positive_int(text: str) -> int:
@@ -37,7 +37,7 @@ def _seed(text: str) -> int:
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
-    from .device import DEVICES, DTYPES
+    from ..core.device import DEVICES, DTYPES
 
     p = sub.add_parser("sample", help="generate images from a model")
     p.add_argument("--model", required=True, help="local checkpoint directory or Hub id org/name[@revision]")
@@ -56,8 +56,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .images import grid
-    from .pipeline import MAX_IMAGES, load
+    from ..core.images import grid
+    from ..sampling.pipeline import MAX_IMAGES, load
 
     if args.num_images > MAX_IMAGES:
         raise BedgenError(f"--num-images must be at most {MAX_IMAGES}, got {args.num_images}")
@@ -82,7 +82,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
-    from .device import DEVICES
+    from ..core.device import DEVICES
 
     p = sub.add_parser("reconstruct", help="encode and decode images with a vae / autoencoder model")
     p.add_argument("--model", required=True, help="a vae or autoencoder checkpoint (local folder or Hub id)")
@@ -93,8 +93,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .images import grid
-    from .pipeline import AutoencoderPipeline, load
+    from ..core.images import grid
+    from ..sampling.pipeline import AutoencoderPipeline, load
 
     _check_writable(args.out)
     pipe = load(args.model)
@@ -120,8 +120,8 @@ def _fractions(text: str) -> list[float]:
 
 
 def _add_interpolate(sub: argparse._SubParsersAction) -> None:
-    from .device import DEVICES, DTYPES
-    from .interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS
+    from ..core.device import DEVICES, DTYPES
+    from ..sampling.interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS
 
     p = sub.add_parser("interpolate", help="interpolate between two images through noised states")
     p.add_argument("--model", required=True, help="local checkpoint directory or Hub id org/name[@revision]")
@@ -141,8 +141,8 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from .interpolate import interpolate
-    from .pipeline import load
+    from ..sampling.interpolate import interpolate
+    from ..sampling.pipeline import load
 
     _check_writable(args.out)
     pipe = load(args.model)
@@ -207,7 +207,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .registry import all_models
+    from ..storage.registry import all_models
 
     entries = all_models(args.root)
     width = max(len(e.ref) for e in entries)
@@ -256,8 +256,8 @@ def _add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, names: Seque
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .config import PRESETS, TrainConfig
-    from .data import DataConfig
+    from ..config.schema import PRESETS, TrainConfig
+    from ..data.datasets import DataConfig
 
     p = sub.add_parser("train", help="train a model (ddpm, iddpm, ldm, smld, vae) from a preset")
     p.add_argument("--data", help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or a folder made by 'bedgen prepare'")
@@ -276,7 +276,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def train_config_from_args(args: argparse.Namespace):
     """The preset (or the resumed run's config) with the flags that were given applied."""
-    from .config import override, preset
+    from ..config.schema import override, preset
 
     changes: dict[str, object] = {}
     for key, value in vars(args).items():
@@ -313,9 +313,9 @@ def train_config_from_args(args: argparse.Namespace):
 def _resumed_config(run: Path):
     """The config of the run being resumed: its newest checkpoint's or, when it was killed
     before its first checkpoint, the one its bedgen-run.json recorded at the start."""
-    from .checkpoint import RUN_JSON, latest_in_run, read_description
-    from .config import BedgenConfig
-    from .errors import ModelNotFoundError
+    from ..storage.checkpoint import RUN_JSON, latest_in_run, read_description
+    from ..config.schema import BedgenConfig
+    from ..core.errors import ModelNotFoundError
 
     try:
         return BedgenConfig.from_dict(read_description(latest_in_run(run))["config"])
@@ -327,7 +327,7 @@ def _resumed_config(run: Path):
 
 
 def _config_file(path: Path):
-    from .config import BedgenConfig
+    from ..config.schema import BedgenConfig
 
     try:
         return BedgenConfig.from_dict(json.loads(path.read_text()))
@@ -338,7 +338,7 @@ def _config_file(path: Path):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .trainer import Trainer, TrainingDiverged
+    from ..training.trainer import Trainer, TrainingDiverged
 
     config = train_config_from_args(args)
     trainer = Trainer(config, args.out, resume=args.resume)
@@ -396,8 +396,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune import FinetuneRequest, run_finetune
-    from .trainer import TrainingDiverged
+    from ..training.finetune import FinetuneRequest, run_finetune
+    from ..training.trainer import TrainingDiverged
 
     if not args.resume and (not args.model or not args.instance_data):
         raise BedgenError("--model and --instance-data are required (or --resume with --out of a fine-tuning run)")
@@ -434,7 +434,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .data import DataConfig, prepare
+    from ..data.datasets import DataConfig, prepare
 
     config = DataConfig(source=args.src, square=args.square, fraction=args.fraction,
                         subset_seed=args.subset_seed, image_column=args.image_column)
@@ -453,9 +453,9 @@ LPIPS_WEIGHTS_HELP = ("torchvision-format backbone state dict (.safetensors or .
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
-    from .data import SQUARES
-    from .device import DEVICES
-    from .neighbours import NETS
+    from ..data.datasets import SQUARES
+    from ..core.device import DEVICES
+    from ..evaluation.neighbours import NETS
 
     p = sub.add_parser("index", help="build an LPIPS nearest-neighbour index of a dataset (resumable)")
     p.add_argument("--data", required=True, help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or prepared shards")
@@ -473,7 +473,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .neighbours import LpipsIndex, build_index, index_is_complete
+    from ..evaluation.neighbours import LpipsIndex, build_index, index_is_complete
 
     was_complete = index_is_complete(args.out)
     _check_writable(args.out)
@@ -494,7 +494,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _add_neighbours(sub: argparse._SubParsersAction) -> None:
-    from .device import DEVICES
+    from ..core.device import DEVICES
 
     p = sub.add_parser(
         "neighbours", help="the indexed images nearest to an image under LPIPS (exact)",
@@ -512,7 +512,7 @@ def _add_neighbours(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_neighbours(args: argparse.Namespace) -> int:
-    from .neighbours import MEMORISATION_FACTOR, LpipsIndex, embedder_for, shared_embedder
+    from ..evaluation.neighbours import MEMORISATION_FACTOR, LpipsIndex, embedder_for, shared_embedder
 
     index = LpipsIndex.open(args.index)
     if args.lpips_weights is not None:
@@ -562,9 +562,9 @@ class StageProgress:
 
 
 def _add_ref_stats(sub: argparse._SubParsersAction) -> None:
-    from .data import SQUARES
-    from .device import DEVICES
-    from .metrics import DEFAULT_MAX_FEATURES, FEATURE_LAYERS
+    from ..data.datasets import SQUARES
+    from ..core.device import DEVICES
+    from ..evaluation.metrics import DEFAULT_MAX_FEATURES, FEATURE_LAYERS
 
     p = sub.add_parser(
         "ref-stats", help="Inception statistics of a dataset for FID/KID/precision-recall (.npz)",
@@ -590,7 +590,7 @@ def _add_ref_stats(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_ref_stats(args: argparse.Namespace) -> int:
-    from .metrics import compute_reference_stats
+    from ..evaluation.metrics import compute_reference_stats
 
     if args.out.suffix != ".npz":
         raise BedgenError(f"--out must be a .npz file (bedgen eval tells statistics from data sources by it), got '{args.out}'")
@@ -611,7 +611,7 @@ def cmd_ref_stats(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from .device import DEVICES, DTYPES
+    from ..core.device import DEVICES, DTYPES
 
     p = sub.add_parser(
         "eval", help="FID, KID, Inception Score, precision/recall of a model's samples",
@@ -638,8 +638,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .metrics import check_sample_count, evaluate, parse_metrics, record_result
-    from .pipeline import load
+    from ..evaluation.metrics import check_sample_count, evaluate, parse_metrics, record_result
+    from ..sampling.pipeline import load
 
     check_sample_count(args.num_samples)
     metrics = parse_metrics(args.metrics) if args.metrics is not None else None
@@ -696,7 +696,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import default_out, load_sweep
+    from ..sweeps.sweep import default_out, load_sweep
 
     if args.config is None and not (args.report_only and args.out is not None):
         raise BedgenError("--config is required (only --report-only --out DIR works without it)")
@@ -714,7 +714,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _sweep_dry_run(spec, out: Path) -> int:
-    from .sweep import check_data, plan, run_status
+    from ..sweeps.sweep import check_data, plan, run_status
 
     runs = plan(spec)
     try:
@@ -736,7 +736,7 @@ def _sweep_train(spec, out: Path, args: argparse.Namespace) -> bool:
 
     from tqdm import tqdm
 
-    from .sweep import run_sweep
+    from ..sweeps.sweep import run_sweep
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -754,13 +754,13 @@ def _sweep_train(spec, out: Path, args: argparse.Namespace) -> bool:
 
 def _sweep_replan(spec, out: Path) -> None:
     """--report-only with a file: report on the file's current plan (new group_by, fewer values)."""
-    from .sweep import write_plan, plan
+    from ..sweeps.sweep import write_plan, plan
 
     write_plan(spec, plan(spec), out)
 
 
 def _sweep_report(out: Path, interrupted: bool) -> int:
-    from .sweep import write_report
+    from ..sweeps.sweep import write_report
 
     report = write_report(out)
     print(report.markdown.read_text())
@@ -785,7 +785,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(prog="bedgen", description="Diffusion models of bedrooms.")
     parser.add_argument("--version", action="version", version=f"bedgen {__version__}")

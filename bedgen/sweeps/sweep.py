@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
-from .checkpoint import RUN_JSON, write_json
-from .config import PRESETS, BedgenConfig, override, preset
-from .errors import BedgenError
+from ..storage.checkpoint import RUN_JSON, write_json
+from ..config.schema import PRESETS, BedgenConfig, override, preset
+from ..core.errors import BedgenError
 
 Mode = Literal["grid", "one-at-a-time"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
@@ -573,7 +573,7 @@ def _json_ready(value: Any) -> Any:
 
 def check_data(spec: SweepSpec) -> None:
     """Fail before any run starts when the data source does not exist, rather than once per run."""
-    from .hub import parse_hub_ref
+    from ..core.hub import parse_hub_ref
 
     source = spec.data_source().strip()
     if not source:
@@ -589,7 +589,7 @@ def check_data(spec: SweepSpec) -> None:
 
 def _hub_dataset_may_exist(repo_id: str) -> bool:
     """'data/lsun-96' reads as a Hub id too: ask the Hub; offline or unreachable, let the runs try."""
-    from .hub import hub_endpoint, hub_offline
+    from ..core.hub import hub_endpoint, hub_offline
 
     if hub_offline():
         return True
@@ -620,7 +620,7 @@ class SweepOutcome:
 
 def default_out(spec: SweepSpec) -> Path:
     """``$BEDGEN_CHECKPOINTS/sweeps/NAME``: run folders are models, so they live with the checkpoints."""
-    from .registry import checkpoints_dir
+    from ..storage.registry import checkpoints_dir
 
     return checkpoints_dir() / "sweeps" / spec.name
 
@@ -949,7 +949,7 @@ def collect(out: str | Path) -> list[RunResult]:
 
 def write_report(out: str | Path) -> "Report":
     """(Re)write results.csv, results.md and the plots from the runs on disk."""
-    from .sweep_report import write_report as write
+    from .report import write_report as write
 
     return write(Path(out), read_plan(out), collect(out))
 

@@ -13,8 +13,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .data import DataConfig
-from .errors import BedgenError
+from ..data.datasets import DataConfig
+from ..core.errors import BedgenError
 
 Family = Literal["ddpm", "iddpm", "ldm", "smld", "vae", "consistency"]
 # Choices are Literals, not booleans (improved-diffusion's ModelMeanType / ModelVarType).

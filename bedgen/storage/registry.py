@@ -82,7 +82,7 @@ def pushed_record_file() -> Path:
 def _current_endpoint() -> str:
     from huggingface_hub import constants
 
-    from .hub import hub_endpoint
+    from ..core.hub import hub_endpoint
 
     return (hub_endpoint() or constants.ENDPOINT).rstrip("/")
 

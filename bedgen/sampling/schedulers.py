@@ -24,7 +24,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .errors import BedgenError
+from ..core.errors import BedgenError
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ CONSISTENCY_SAMPLERS: dict[str, SamplerSpec] = {
 }
 
 # Score models on a σ ladder (variance exploding); bedgen runs these loops itself
-# (bedgen.score_math) so every image draws its noise from its own generator.
+# (bedgen.maths.score) so every image draws its noise from its own generator.
 SCORE_SAMPLERS: dict[str, SamplerSpec] = {
     "langevin": SamplerSpec(
         ScoreSdeVeScheduler, "annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) + final denoising step"
