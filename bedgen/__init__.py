@@ -1,6 +1,6 @@
 """bedgen: train, sample, explore and evaluate diffusion models of bedrooms."""
 
-__version__ = "0.1.0"
+from .core.version import __version__  # noqa: F401
 
 from .core.torchvision_cpu import allow_torchvision_without_ops  # noqa: E402
 

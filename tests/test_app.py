@@ -340,7 +340,8 @@ def test_evaluate_bad_input_is_a_clear_error_and_the_app_keeps_serving(client, a
 def test_sweep_tables_and_plots_found_under_the_sweeps_folder(client, app_server):
     import yaml
 
-    from bedgen.sweeps.sweep import load_sweep, run_sweep, write_report
+    from bedgen.sweeps.report import write_report
+    from bedgen.sweeps.sweep import load_sweep, run_sweep
 
     root = app_server.log.parent
     spec_file = root / "lr.yaml"

@@ -9,7 +9,8 @@ import torch
 from diffusers import CMStochasticIterativeScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
 
 import bedgen
-from bedgen.storage.checkpoint import BEDGEN_JSON, load_checkpoint, recover_interrupted_save, save_checkpoint
+from bedgen.core.files import recover_interrupted_save
+from bedgen.storage.checkpoint import BEDGEN_JSON, load_checkpoint, save_checkpoint
 from bedgen.core.errors import BedgenError, ModelNotFoundError
 from bedgen.models.unet import build_training_scheduler, build_unet
 

@@ -14,9 +14,10 @@ from PIL import Image, ImageOps
 from bedgen.cli.main import main
 from bedgen.config.schema import override
 from bedgen.core.errors import BedgenError
+from bedgen.data.training_data import PriorPreservationDataset, open_training_data
 from bedgen.training.finetune import (
-    CLASS_SEED, FinetuneRequest, PriorPreservationDataset, _runs, finetune_config, mean_pairwise_distance, nearest_distance,
-    open_training_data, run_finetune, source_config,
+    CLASS_SEED, FinetuneRequest, _runs, finetune_config, mean_pairwise_distance, nearest_distance, run_finetune,
+    source_config,
 )
 from bedgen.sampling.pipeline import load
 from bedgen.training.trainer import Trainer

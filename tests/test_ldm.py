@@ -88,7 +88,7 @@ def test_trains_with_the_one_trainer_and_records_the_latent_scale(trained, rooms
     latest = trained / json.loads((trained / "bedgen-run.json").read_text())["latest"]
     recorded = json.loads((latest / "bedgen.json").read_text())["config"]["latent"]["scaling_factor"]
     config = ldm_config(rooms, kl_autoencoder)
-    expected = scale_from_data(bedgen.models.autoencoders.load_autoencoder(str(kl_autoencoder)),
+    expected = scale_from_data(bedgen.storage.checkpoint.load_autoencoder(str(kl_autoencoder)),
                                open_dataset(config.data, 16, "train"))
     assert recorded == pytest.approx(expected, rel=1e-6)
     assert json.loads((latest / "vqvae" / "config.json").read_text())["scaling_factor"] == pytest.approx(recorded)
@@ -211,7 +211,7 @@ def test_latent_cache_follows_the_same_loss_curve_as_encoding_every_step(kind, r
 def test_latent_cache_rows_are_the_encoders_output(root, rooms, kl_autoencoder):
     from bedgen.families.ldm import LatentCache
 
-    model = bedgen.models.autoencoders.load_autoencoder(str(kl_autoencoder))
+    model = bedgen.storage.checkpoint.load_autoencoder(str(kl_autoencoder))
     data = open_dataset(ldm_config(rooms, kl_autoencoder).data, 16, "train")
     cache = LatentCache.build(model, data, mirrored=True, batch_size=5, progress=False)
     x = data[7]["image"][None].float() / 127.5 - 1

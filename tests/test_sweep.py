@@ -14,7 +14,8 @@ from PIL import Image
 
 from bedgen.cli.main import main
 from bedgen.core.errors import BedgenError
-from bedgen.sweeps.sweep import collect, find_sweeps, load_sweep, parse_sweep, plan, run_sweep, write_report
+from bedgen.sweeps.report import write_report
+from bedgen.sweeps.sweep import collect, find_sweeps, load_sweep, parse_sweep, plan, run_sweep
 
 from synthetic import write_rooms
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .progress import StageProgress, TqdmProgress
 from .share import SHARE_SUBCOMMANDS
 from ..core.errors import BedgenError
 
@@ -166,29 +167,6 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
-class TqdmProgress:
-    """A ``progress(done, total)`` callback drawing a tqdm bar, opened on first use
-    so that argument errors found before any work print no empty bar."""
-
-    def __init__(self, desc: str, unit: str):
-        self.desc, self.unit, self.bar = desc, unit, None
-
-    def __call__(self, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr)
-        self.bar.total = total
-        self.bar.update(done - self.bar.n)
-
-    def __enter__(self) -> "TqdmProgress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -257,7 +235,7 @@ def _add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, names: Seque
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from ..config.schema import PRESETS, TrainConfig
-    from ..data.datasets import DataConfig
+    from ..config.schema import DataConfig
 
     p = sub.add_parser("train", help="train a model (ddpm, iddpm, ldm, smld, vae) from a preset")
     p.add_argument("--data", help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or a folder made by 'bedgen prepare'")
@@ -434,7 +412,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from ..data.datasets import DataConfig, prepare
+    from ..config.schema import DataConfig
+    from ..data.datasets import prepare
 
     config = DataConfig(source=args.src, square=args.square, fraction=args.fraction,
                         subset_seed=args.subset_seed, image_column=args.image_column)
@@ -453,7 +432,7 @@ LPIPS_WEIGHTS_HELP = ("torchvision-format backbone state dict (.safetensors or .
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
-    from ..data.datasets import SQUARES
+    from ..config.schema import SQUARES
     from ..core.device import DEVICES
     from ..evaluation.neighbours import NETS
 
@@ -541,28 +520,8 @@ INCEPTION_WEIGHTS_HELP = (
 )
 
 
-class StageProgress:
-    """A ``progress(done, total, stage)`` callback with one tqdm bar per stage (e.g. reference, samples)."""
-
-    def __init__(self, unit: str = "img"):
-        self.unit, self.stage, self.bar = unit, None, None
-
-    def __call__(self, done: int, total: int, stage: str) -> None:
-        if stage != self.stage:
-            self.__exit__()
-            self.stage, self.bar = stage, TqdmProgress(stage, self.unit)
-        self.bar(done, total)
-
-    def __enter__(self) -> "StageProgress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__()
-
-
 def _add_ref_stats(sub: argparse._SubParsersAction) -> None:
-    from ..data.datasets import SQUARES
+    from ..config.schema import SQUARES
     from ..core.device import DEVICES
     from ..evaluation.metrics import DEFAULT_MAX_FEATURES, FEATURE_LAYERS
 
@@ -760,7 +719,7 @@ def _sweep_replan(spec, out: Path) -> None:
 
 
 def _sweep_report(out: Path, interrupted: bool) -> int:
-    from ..sweeps.sweep import write_report
+    from ..sweeps.report import write_report
 
     report = write_report(out)
     print(report.markdown.read_text())
@@ -785,7 +744,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..core.version import __version__
 
     parser = _Parser(prog="bedgen", description="Diffusion models of bedrooms.")
     parser.add_argument("--version", action="version", version=f"bedgen {__version__}")

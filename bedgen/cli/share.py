@@ -52,7 +52,7 @@ def add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .main import StageProgress
+    from .progress import StageProgress
     from ..sharing.publish import push_model
 
     with StageProgress(unit="step") as progress:

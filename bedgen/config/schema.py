@@ -13,8 +13,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..data.datasets import DataConfig
 from ..core.errors import BedgenError
+
+Square = Literal["crop", "pad-white"]
+Split = Literal["train", "validation"]
+SQUARES: tuple[str, ...] = ("crop", "pad-white")
 
 Family = Literal["ddpm", "iddpm", "ldm", "smld", "vae", "consistency"]
 # Choices are Literals, not booleans (improved-diffusion's ModelMeanType / ModelVarType).
@@ -266,6 +269,33 @@ class SamplingConfig:
 
     scheduler: str = "dpmsolver++"
     steps: int = 20
+
+
+@dataclass
+class DataConfig:
+    """Where training images come from and how they are squared and subset."""
+
+    # image folder | LSUN LMDB dir | HF dataset id or local parquet/arrow dir | prepared shards dir
+    source: str = ""
+    square: Square = "crop"  # center crop, or pad with white to the longer side
+    fraction: float = 1.0  # reproducible subset in (0, 1], chosen from subset_seed
+    subset_seed: int = 0
+    validation_fraction: float = 0.0  # in [0, 1); split by key hash (bedgen.data.datasets docstring)
+    flip: bool = True  # random horizontal flip, applied by the trainer
+    image_column: str | None = None  # HF datasets: detected automatically unless given
+
+    def validate(self) -> None:
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise BedgenError(
+                "no data source given; pass an image folder, an LSUN LMDB directory, "
+                "prepared shards or a Hugging Face dataset id"
+            )
+        if self.square not in SQUARES:
+            raise BedgenError(f"square must be one of {', '.join(SQUARES)}, not {self.square!r}")
+        if not 0 < self.fraction <= 1:
+            raise BedgenError(f"fraction must be in (0, 1], got {self.fraction}")
+        if not 0 <= self.validation_fraction < 1:
+            raise BedgenError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
 
 
 @dataclass

@@ -34,20 +34,19 @@ import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image
 
 from ..core.errors import BedgenError, one_line
+from ..config.schema import DataConfig, Split, Square
+from ..core.files import atomic_write
 from ..core.hub import hub_offline, parse_hub_ref
 
-Square = Literal["crop", "pad-white"]
-Split = Literal["train", "validation"]
-SQUARES: tuple[str, ...] = ("crop", "pad-white")
 SPLITS: tuple[str, ...] = ("train", "validation")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 TABLE_SUFFIXES = frozenset({".parquet", ".arrow"})
@@ -75,33 +74,6 @@ PREPARE_SETTINGS = (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DataConfig:
-    """Where training images come from and how they are squared and subset."""
-
-    # image folder | LSUN LMDB dir | HF dataset id or local parquet/arrow dir | prepared shards dir
-    source: str = ""
-    square: Square = "crop"  # center crop, or pad with white to the longer side
-    fraction: float = 1.0  # reproducible subset in (0, 1], chosen from subset_seed
-    subset_seed: int = 0
-    validation_fraction: float = 0.0  # in [0, 1); split by key hash (module docstring)
-    flip: bool = True  # random horizontal flip, applied by the trainer
-    image_column: str | None = None  # HF datasets: detected automatically unless given
-
-    def validate(self) -> None:
-        if not isinstance(self.source, str) or not self.source.strip():
-            raise BedgenError(
-                "no data source given; pass an image folder, an LSUN LMDB directory, "
-                "prepared shards or a Hugging Face dataset id"
-            )
-        if self.square not in SQUARES:
-            raise BedgenError(f"square must be one of {', '.join(SQUARES)}, not {self.square!r}")
-        if not 0 < self.fraction <= 1:
-            raise BedgenError(f"fraction must be in (0, 1], got {self.fraction}")
-        if not 0 <= self.validation_fraction < 1:
-            raise BedgenError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
 
 
 # --- decoding --------------------------------------------------------------------------
@@ -878,8 +850,8 @@ def _write_shard(
         "index": n, "file": f"shard-{n:05d}.npy", "keys": f"keys-{n:05d}.json",
         "count": len(keys), "skipped": skipped,
     }
-    _atomic_write(out / shard["file"], lambda f: np.save(f, images[: len(keys)], allow_pickle=False))
-    _atomic_write(out / shard["keys"], lambda f: f.write(json.dumps(keys).encode()))
+    atomic_write(out / shard["file"], lambda f: np.save(f, images[: len(keys)], allow_pickle=False))
+    atomic_write(out / shard["keys"], lambda f: f.write(json.dumps(keys).encode()))
     return shard
 
 
@@ -894,16 +866,7 @@ def commit_shards(path: Path, meta: dict[str, Any]) -> None:
     meta["count"] = sum(s["count"] for s in meta["shards"])
     meta["skipped_keys"] = [k for s in meta["shards"] for k in s["skipped"]]
     meta["skipped"] = len(meta["skipped_keys"])
-    _atomic_write(path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
 __all__ = ["DataConfig", "ImageDataset", "Square", "decode", "open_dataset", "prepare", "preprocess", "subset_size"]

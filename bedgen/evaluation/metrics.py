@@ -56,8 +56,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..data.datasets import DataConfig, ImageDataset, _atomic_write, open_dataset
+from ..data.datasets import DataConfig, ImageDataset, open_dataset
 from ..core.device import resolve_device
+from ..core.files import atomic_write
 from ..core.errors import BedgenError, one_line
 
 # progress(done, total, stage): stage "reference" counts data-source images turned into
@@ -255,7 +256,7 @@ class ReferenceStats:
         arrays = {"mu": self.mu, "sigma": self.sigma, "meta": np.array(json.dumps(self.meta))}
         if self.features is not None:
             arrays["features"] = self.features
-        _atomic_write(path, lambda handle: np.savez(handle, **arrays))
+        atomic_write(path, lambda handle: np.savez(handle, **arrays))
         self.path = path.resolve()
         return self.path
 
@@ -826,7 +827,7 @@ def make_result(
     checkpoint_step: int | None = None,
 ) -> dict[str, Any]:
     """The JSON-able record of one evaluation (what ``bedgen eval`` prints and stores)."""
-    from .. import __version__
+    from ..core.version import __version__
 
     values = dict(values)
     settings = values.pop("settings", {})
@@ -876,7 +877,8 @@ def _square_note(reference: ReferenceStats, square: str) -> list[str]:
 def record_result(pipe: Any, result: dict[str, Any]) -> Path | None:
     """Append ``result`` to the "metrics" list of a local bedgen checkpoint's bedgen.json
     (atomic rewrite); None, writing nothing, for Hub or foreign models."""
-    from ..storage.checkpoint import BEDGEN_JSON, write_json
+    from ..storage.checkpoint import BEDGEN_JSON
+    from ..core.files import write_json
 
     info = pipe.info
     if info.layout != "bedgen" or not Path(str(info.ref)).expanduser().exists():

@@ -82,8 +82,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.datasets import DataConfig, ImageDataset, _atomic_write, commit_shards, decode, open_dataset, preprocess
+from ..data.datasets import DataConfig, ImageDataset, commit_shards, decode, open_dataset, preprocess
 from ..core.device import resolve_device
+from ..core.files import atomic_write
 from ..core.errors import BedgenError, one_line
 from ..core.images import load_image
 
@@ -440,7 +441,7 @@ class _Projection:
         return cls(mean.float().numpy(), components.contiguous().numpy(), _spectral_norm_bound(components))
 
     def save(self, path: Path) -> None:
-        _atomic_write(path, lambda f: np.savez(f, mean=self.mean, components=self.components,
+        atomic_write(path, lambda f: np.savez(f, mean=self.mean, components=self.components,
                                                norm_bound=np.float64(self.norm_bound)))
 
     @classmethod
@@ -636,8 +637,8 @@ class _ShardBuffer:
         if self.keys:
             n, name = len(self.keys), shard["name"]
             for suffix, array in ((".npy", self.embeddings), (".reduced.npy", self.reduced), (".rows.npy", self.rows)):
-                _atomic_write(out / f"{name}{suffix}", lambda f, a=array: np.save(f, a[:n], allow_pickle=False))
-            _atomic_write(out / f"{name}.keys.json", lambda f: f.write(json.dumps(self.keys).encode()))
+                atomic_write(out / f"{name}{suffix}", lambda f, a=array: np.save(f, a[:n], allow_pickle=False))
+            atomic_write(out / f"{name}.keys.json", lambda f: f.write(json.dumps(self.keys).encode()))
         return shard
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..models import autoencoders as ae
+from ..storage.checkpoint import load_autoencoder
 from ..config.schema import BedgenConfig
 from ..core.errors import BedgenError
 from .ddpm import DiffusionFamily
@@ -49,7 +50,7 @@ class LatentDiffusionFamily(DiffusionFamily):
                 "ldm needs an autoencoder: --set latent.autoencoder=REF (a local folder or Hub id of an "
                 "AutoencoderKL/VQModel, e.g. a run of --preset autoencoder-kl)"
             )
-        model = ae.load_autoencoder(latent.autoencoder)
+        model = load_autoencoder(latent.autoencoder)
         check_fits(model, self.config)
         return model
 

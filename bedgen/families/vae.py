@@ -21,6 +21,7 @@ import torch
 from diffusers import VQModel
 
 from ..models import autoencoders as ae
+from ..storage.checkpoint import load_autoencoder
 from ..config.schema import BedgenConfig
 from .base import FamilyHooks
 
@@ -60,7 +61,7 @@ class AutoencoderFamily(FamilyHooks):
 
     def load_network(self, ref: str) -> ae.Autoencoder:
         """The trained autoencoder of the model ``ref`` (fine-tuning starts from it)."""
-        return ae.load_autoencoder(ref)
+        return load_autoencoder(ref)
 
     def loss(
         self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator

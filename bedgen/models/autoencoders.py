@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKL, VQModel
 
 from ..config.schema import AutoencoderConfig, BedgenConfig
-from ..core.errors import BedgenError, ModelNotFoundError
+from ..core.errors import BedgenError
 
 Autoencoder = AutoencoderKL | VQModel
 CLASSES = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
@@ -80,24 +80,6 @@ def find_autoencoder_folder(path: Path) -> Path | None:
         if config.is_file() and json.loads(config.read_text()).get("_class_name") in CLASSES:
             return folder
     return None
-
-
-def load_autoencoder(ref: str) -> Autoencoder:
-    """An ``AutoencoderKL`` or ``VQModel`` from a local folder or Hub id (safetensors only)."""
-    from ..storage.checkpoint import latest_in_run
-    from ..core.hub import resolve_ref
-
-    try:
-        path = latest_in_run(resolve_ref(ref, HUB_PATTERNS))
-    except ModelNotFoundError as e:
-        raise BedgenError(f"autoencoder: {e}") from e
-    folder = find_autoencoder_folder(path)
-    if folder is None:
-        raise BedgenError(
-            f"'{ref}' holds no autoencoder: expected an AutoencoderKL or VQModel config.json in vae/, "
-            "vqvae/ or the folder itself (train one with --preset autoencoder-kl or autoencoder-vq)"
-        )
-    return load_autoencoder_folder(folder, ref)
 
 
 def load_autoencoder_folder(folder: Path, ref: str) -> Autoencoder:

@@ -26,10 +26,13 @@ from ..core.device import Placement, resolve
 from ..core.errors import BedgenError
 from ..core.images import to_pil
 from ..models import autoencoders
-from ..storage.checkpoint import is_autoencoder_checkpoint, latest_in_run, load_autoencoder_checkpoint, recover_interrupted_save
-from ..families import smld
+from ..storage.checkpoint import is_autoencoder_checkpoint, latest_in_run, load_autoencoder_checkpoint
+from ..core.files import recover_interrupted_save
 from ..core.hub import resolve_ref
-from .schedulers import check_steps, default_sampler, make_scheduler, samplers_for
+from .schedulers import (
+    check_steps, default_sampler, is_score_scheduler, langevin_evals, make_scheduler, pc_evals, samplers_for,
+    sampling_ladder,
+)
 from ..maths import score as sm
 
 ProgressFn = Callable[[int, int], None]
@@ -210,7 +213,7 @@ class Pipeline:
 
     @property
     def is_score_model(self) -> bool:
-        return smld.is_score_scheduler(self.training_scheduler)
+        return is_score_scheduler(self.training_scheduler)
 
     def _score_config(self) -> Any:
         from ..config.schema import ScoreConfig
@@ -235,8 +238,8 @@ class Pipeline:
         if self.is_score_model:
             s = self._score_config()
             if sampler == "langevin":
-                return smld.langevin_evals(steps, s.langevin_steps, s.final_step == "denoise")
-            return smld.pc_evals(steps, s.corrector_steps)
+                return langevin_evals(steps, s.langevin_steps, s.final_step == "denoise")
+            return pc_evals(steps, s.corrector_steps)
         scheduler.set_timesteps(steps)
         return len(scheduler.timesteps)
 
@@ -298,7 +301,7 @@ class Pipeline:
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Annealed Langevin or predictor-corrector on the model's σ ladder; output in [-1, 1]."""
         s = self._score_config()
-        sigmas = smld.sampling_ladder(self.training_scheduler, levels)
+        sigmas = sampling_ladder(self.training_scheduler, levels)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         channels, size = self.unet.config.in_channels, self.latent_resolution
         x = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from diffusers import (
     CMStochasticIterativeScheduler,
     DDIMScheduler,
@@ -25,6 +26,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..core.errors import BedgenError
+from ..maths.score import sigma_ladder
 
 
 @dataclass(frozen=True)
@@ -122,3 +124,24 @@ def check_steps(steps: Any, training_scheduler: SchedulerMixin) -> int:
     if not 1 <= steps <= top:
         raise BedgenError(f"steps must be between 1 and {top} (the model's training steps), got {steps}")
     return steps
+
+
+# --- score models (SMLD / NCSN): a σ ladder instead of a diffusers sampler -------------------
+
+
+def sampling_ladder(scheduler: ScoreSdeVeScheduler, levels: int) -> torch.Tensor:
+    """``levels`` geometric σ's between the model's σ_max and σ_min (fewer levels = faster)."""
+    c = scheduler.config
+    return sigma_ladder(float(c.sigma_max), float(c.sigma_min), levels).float()
+
+
+def is_score_scheduler(scheduler: Any) -> bool:
+    return isinstance(scheduler, ScoreSdeVeScheduler)
+
+
+def langevin_evals(levels: int, steps_per_level: int, denoise: bool) -> int:
+    return levels * steps_per_level + int(denoise)
+
+
+def pc_evals(levels: int, corrector_steps: int) -> int:
+    return levels * (corrector_steps + 1)

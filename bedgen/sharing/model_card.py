@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .. import __version__
+from ..core.version import __version__
 
 PIPELINE_TAG = "unconditional-image-generation"
 FAMILY_TEXT = {

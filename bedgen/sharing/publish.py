@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .. import __version__
+from ..core.version import __version__
 from ..core.errors import BedgenError, one_line
 
 RepoFiles = dict[str, "bytes | Path"]  # path in the repo -> content (bytes) or a local file to upload as is
@@ -429,7 +429,8 @@ def _report(progress: Progress | None, done: int, total: int, stage: str) -> Non
 def pull_model(ref: str, out: str | Path | None = None, include_training_state: bool = False) -> Path:
     """Download a pushed model (``org/name[@revision]``) into the Hub cache and return its folder;
     with ``out``, copy it there as a local model (a run folder to ``--resume`` with training state)."""
-    from ..storage.checkpoint import BEDGEN_JSON, RUN_JSON, write_json
+    from ..storage.checkpoint import BEDGEN_JSON, RUN_JSON
+    from ..core.files import write_json
     from ..core.hub import SAFE_PATTERNS, download, parse_hub_ref
 
     hub = parse_hub_ref(ref) if isinstance(ref, str) else None

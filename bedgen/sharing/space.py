@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__
+from ..core.version import __version__
 from ..core.errors import BedgenError
 from .publish import authorize, check_repo_id, find_token, hub_api, hub_errors, publish_files
 

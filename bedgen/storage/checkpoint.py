@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import shutil
 import subprocess
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,10 +27,13 @@ import torch
 from diffusers import DDPMPipeline, LDMPipeline, ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .. import __version__
+from ..core.version import __version__
 from ..config.schema import BedgenConfig
+from ..core.files import recover_interrupted_save, replace_dir_atomically, write_json
 from ..core.errors import BedgenError, ModelNotFoundError
 from ..core.hub import download, inside, parse_hub_ref, resolve_ref
+from ..models import autoencoders
+from ..models.autoencoders import Autoencoder, find_autoencoder_folder, load_autoencoder_folder
 
 BEDGEN_JSON = "bedgen.json"
 RUN_JSON = "bedgen-run.json"  # a training run folder: its "latest" names the newest checkpoint
@@ -152,57 +152,6 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
-def replace_dir_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Build the new directory beside ``path``, then swap it in.
-
-    A crash while writing leaves the old directory untouched. The swap is two
-    renames; if a crash falls between them, :func:`recover_interrupted_save`
-    puts the previous directory back on the next load.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = path.with_name(f".{path.name}.tmp-{tag}")
-    old = path.with_name(f".{path.name}.old-{tag}")
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-        if path.exists():
-            os.rename(path, old)
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not path.exists():
-            os.rename(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_interrupted_save(path: Path) -> None:
-    """If a save died between its two renames, restore the previous directory."""
-    if path.exists():
-        return
-    backups = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if backups:
-        os.rename(backups[-1], path)
-
-
-def _fsync_tree(root: Path) -> None:
-    for file in root.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-# --- loading ------------------------------------------------------------------------
-
-
 def load_checkpoint(ref: str) -> tuple[UNet2DModel, SchedulerMixin, CheckpointInfo]:
     """Load the network and its training schedule from a local directory or Hub id."""
     local_candidate = Path(str(ref)).expanduser()
@@ -309,14 +258,12 @@ def _describe(
 
 def is_autoencoder_checkpoint(path: Path) -> bool:
     """A ``vae`` family checkpoint (or a bare autoencoder folder): no UNet to sample with."""
-    from ..models.autoencoders import find_autoencoder_folder
 
     has_unet = (path / "unet" / "config.json").is_file() or (path / "scheduler_config.json").is_file()
     return not has_unet and find_autoencoder_folder(path) is not None
 
 
 def load_autoencoder_checkpoint(ref: str, path: Path) -> tuple[torch.nn.Module, CheckpointInfo]:
-    from ..models.autoencoders import find_autoencoder_folder, load_autoencoder_folder
 
     folder = find_autoencoder_folder(path)
     if folder is None:
@@ -347,3 +294,18 @@ def looks_like_checkpoint(path: Path) -> bool:
     return (path / "unet" / "config.json").is_file() or (
         (path / "config.json").is_file() and (path / "scheduler_config.json").is_file()
     ) or is_autoencoder_checkpoint(path)
+
+
+def load_autoencoder(ref: str) -> Autoencoder:
+    """An ``AutoencoderKL`` or ``VQModel`` from a local folder or Hub id (safetensors only)."""
+    try:
+        path = latest_in_run(resolve_ref(ref, autoencoders.HUB_PATTERNS))
+    except ModelNotFoundError as e:
+        raise BedgenError(f"autoencoder: {e}") from e
+    folder = autoencoders.find_autoencoder_folder(path)
+    if folder is None:
+        raise BedgenError(
+            f"'{ref}' holds no autoencoder: expected an AutoencoderKL or VQModel config.json in vae/, "
+            "vqvae/ or the folder itself (train one with --preset autoencoder-kl or autoencoder-vq)"
+        )
+    return autoencoders.load_autoencoder_folder(folder, ref)

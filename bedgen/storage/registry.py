@@ -113,7 +113,7 @@ def pushed_models(endpoint: str | None = None) -> list[ModelEntry]:
 
 def remember_push(result: Any, endpoint: str, source: Path, family: str) -> None:
     """Add (or refresh) the record of a push; a record that cannot be written only logs a warning."""
-    from .checkpoint import write_json
+    from ..core.files import write_json
 
     file = pushed_record_file()
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .sweep import Report, RunResult, _format_value, describe_label
+from .sweep import Report, RunResult, collect, describe_label, format_value, read_plan
 
 CSV_NAME, MD_NAME = "results.csv", "results.md"
 PLOT_NAMES = ("loss_curves.png", "fid_curves.png", "final_fid.png", "final_loss.png", "one_at_a_time.png")
@@ -80,7 +80,10 @@ def summarize(results: Sequence[RunResult]) -> list[ConfigSummary]:
     return sorted(summaries, key=ConfigSummary.sort_key)
 
 
-def write_report(out: Path, plan: dict[str, Any], results: list[RunResult]) -> Report:
+def write_report(out: str | Path) -> Report:
+    """(Re)write results.csv, results.md and the plots from the sweep folder's runs on disk."""
+    out = Path(out)
+    plan, results = read_plan(out), collect(out)
     fields = plan.get("fields") or (list(results[0].label) if results else [])
     summaries = summarize(results)
     csv_path = write_csv(out / CSV_NAME, results, fields)
@@ -114,7 +117,7 @@ def _csv_value(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return repr(value)  # full precision: the CSV is for further analysis
-    return _format_value(value)
+    return format_value(value)
 
 
 # --- Markdown -----------------------------------------------------------------------------
@@ -156,7 +159,7 @@ def _table(summaries: list[ConfigSummary], fields: Sequence[str], has_fid: bool)
     header = ["n", *names] + [f"{m} {k}" for m in metrics for k in ("mean", "std", "min", "max")] + statuses
     rows = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for n, s in enumerate(summaries, 1):
-        cells = [str(n), *(_format_value(s.label.get(f)) for f in fields)]
+        cells = [str(n), *(format_value(s.label.get(f)) for f in fields)]
         if has_fid:
             cells += _stat_cells(s.fid, "{:.2f}")
         cells += _stat_cells(s.loss, "{:.4f}")
@@ -225,9 +228,9 @@ def _panels(plan: dict[str, Any], summaries: list[ConfigSummary]) -> list[Panel]
         return [("", summaries, fields)]
     values: dict[str, list[ConfigSummary]] = {}
     for run in plan.get("runs", []):
-        values.setdefault(_format_value(run["label"].get(group_by)), [])
+        values.setdefault(format_value(run["label"].get(group_by)), [])
     for s in summaries:
-        values.setdefault(_format_value(s.label.get(group_by)), []).append(s)
+        values.setdefault(format_value(s.label.get(group_by)), []).append(s)
     shown = [f for f in fields if f != group_by]
     return [(f"{_leaves([group_by])} = {v}", members, shown) for v, members in values.items() if members]
 
@@ -342,7 +345,7 @@ def _one_at_a_time_plot(path: Path, plan: dict[str, Any], summaries: list[Config
         members = [s for s in summaries if group in s.runs[0].panels]
         members.sort(key=lambda s: [_sortable(s.label.get(f)) for f in fields])
         data = [[metric(r) for r in s.runs if r.status == "finished" and metric(r) is not None] for s in members]
-        ticks = [", ".join(_format_value(s.label.get(f)) for f in fields) for s in members]
+        ticks = [", ".join(format_value(s.label.get(f)) for f in fields) for s in members]
         ax.boxplot([d if d else [math.nan] for d in data], positions=range(len(members)), widths=0.6,
                    showfliers=False)
         ax.set_xticks(range(len(members)))

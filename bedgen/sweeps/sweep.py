@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
-from ..storage.checkpoint import RUN_JSON, write_json
+from ..storage.checkpoint import RUN_JSON
+from ..core.files import write_json
 from ..config.schema import PRESETS, BedgenConfig, override, preset
 from ..core.errors import BedgenError
 
@@ -463,7 +464,7 @@ class RunSpec:
 
 
 def describe_label(label: dict[str, Any]) -> str:
-    return ", ".join(f"{_short(name)}={_format_value(v)}" for name, v in label.items())
+    return ", ".join(f"{_short(name)}={format_value(v)}" for name, v in label.items())
 
 
 def plan(spec: SweepSpec) -> list[RunSpec]:
@@ -545,7 +546,7 @@ def _with_length_rule(changes: dict[str, Any], varied: dict[str, Any]) -> dict[s
 
 
 def _run_name(label: dict[str, Any], repeat: int, digest: str) -> str:
-    readable = "-".join(f"{_short(k)}={_format_value(v)}" for k, v in label.items())
+    readable = "-".join(f"{_short(k)}={format_value(v)}" for k, v in label.items())
     readable = re.sub(r"[^A-Za-z0-9._=+-]", "", readable)[:90].rstrip("-") or "base"
     return f"{readable}-r{repeat}-{digest}"
 
@@ -555,11 +556,11 @@ def _short(dotted: str) -> str:
     return ABBREVIATIONS.get(leaf, leaf)
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
-        return "x".join(_format_value(v) for v in value)
+        return "x".join(format_value(v) for v in value)
     return str(value)
 
 
@@ -945,13 +946,6 @@ def collect(out: str | Path) -> list[RunResult]:
     out = Path(out)
     return [read_run(out / "runs" / r["name"], r["label"], r["repeat"], r["seed"], r.get("panels", ()))
             for r in read_plan(out)["runs"]]
-
-
-def write_report(out: str | Path) -> "Report":
-    """(Re)write results.csv, results.md and the plots from the runs on disk."""
-    from .report import write_report as write
-
-    return write(Path(out), read_plan(out), collect(out))
 
 
 @dataclass

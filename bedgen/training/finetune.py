@@ -32,73 +32,17 @@ import torch
 from PIL import Image
 
 from ..config.schema import BedgenConfig
-from ..data.datasets import DataConfig, ImageDataset, open_dataset
+from ..config.schema import DataConfig
+from ..data.datasets import ImageDataset, open_dataset
+from ..data.training_data import PriorPreservationDataset
 from ..core.errors import BedgenError
+from ..core.files import atomic_write
 
 CLASS_IMAGES = "class-images"
 REPORT_JSON = "finetune-report.json"
 REPORT_DIR = "finetune-report"
 CLASS_SEED = 1_000_000  # class-i.png is the sample of seed CLASS_SEED + i
 ProgressFn = Callable[[int, int], None]
-
-
-# --- training data ------------------------------------------------------------------------
-
-
-class PriorPreservationDataset(torch.utils.data.Dataset):
-    """Item i = (instance i mod K, class image i mod M) with loss weights (1, λ).
-
-    Its length is max(K, M), so an epoch shows every class image once and the few
-    instances many times; each batch holds as many class images as instances.
-    """
-
-    def __init__(self, instances: ImageDataset, classes: ImageDataset, prior_weight: float):
-        self.instances, self.classes = instances, classes
-        self.weights = torch.tensor([1.0, float(prior_weight)])
-
-    def __len__(self) -> int:
-        return max(len(self.instances), len(self.classes))
-
-    def key(self, i: int) -> str:
-        return self.instances.key(i % len(self.instances))
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        instance = self.instances[int(i) % len(self.instances)]
-        prior = self.classes[int(i) % len(self.classes)]
-        return {
-            "image": torch.stack([instance["image"], prior["image"]]),
-            "weight": self.weights,
-            "index": int(i),
-            "ok": bool(instance["ok"] and prior["ok"]),
-        }
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "prior-preservation", "images": len(self), "prior_weight": float(self.weights[1]),
-            "instances": self.instances.describe(), "classes": self.classes.describe(),
-        }
-
-
-def open_training_data(config: BedgenConfig) -> ImageDataset | PriorPreservationDataset:
-    """The trainer's data: the source images, or instance/class pairs when fine-tuning with a prior."""
-    data = open_dataset(config.data, config.resolution, "train")
-    class_data = config.finetune.class_data
-    if not class_data or config.finetune.prior_weight == 0:
-        return data
-    classes = open_dataset(class_data_config(config.data, class_data), config.resolution, "train")
-    return PriorPreservationDataset(data, classes, config.finetune.prior_weight)
-
-
-def class_data_config(instance: DataConfig, source: str) -> DataConfig:
-    """Class images are read like the instances but all of them, none held out."""
-    config = copy.deepcopy(instance)
-    config.source, config.fraction, config.validation_fraction = source, 1.0, 0.0
-    return config
-
-
-def images_of(data: ImageDataset | PriorPreservationDataset) -> ImageDataset:
-    """The images a family measures itself on (e.g. σ_max): the instances when fine-tuning."""
-    return data.instances if isinstance(data, PriorPreservationDataset) else data
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -243,9 +187,8 @@ def generate_class_images(pipe: Any, folder: Path, count: int, batch_size: int =
     for first, n in _runs(missing, batch_size):
         # one call per run of consecutive files: each image depends on its own seed only
         for i, image in enumerate(pipe.generate(n, seed=CLASS_SEED + first, device=device), start=first):
-            tmp = paths[i].with_suffix(".tmp")
-            image.save(tmp, format="PNG")
-            tmp.replace(paths[i])  # a killed run never leaves half an image behind
+            # a killed run never leaves half an image behind
+            atomic_write(paths[i], lambda handle: image.save(handle, format="PNG"))
         if bar is not None:
             bar.update(n)
     if bar is not None:
@@ -322,7 +265,8 @@ def mean_pairwise_distance(samples: torch.Tensor) -> float:
 
 
 def _write_report(out: Path, checkpoint: Path, report: dict[str, Any]) -> None:
-    from ..storage.checkpoint import BEDGEN_JSON, write_json
+    from ..storage.checkpoint import BEDGEN_JSON
+    from ..core.files import write_json
 
     write_json(out / REPORT_JSON, report)
     description_file = Path(checkpoint) / BEDGEN_JSON

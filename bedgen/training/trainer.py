@@ -40,10 +40,11 @@ from diffusers.training_utils import EMAModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..storage.checkpoint import RUN_JSON, CheckpointInfo, write_json
+from ..storage.checkpoint import RUN_JSON, CheckpointInfo
+from ..core.files import atomic_write, write_json
 from ..config.schema import BedgenConfig
 from ..data.datasets import ImageDataset, open_dataset
-from .finetune import images_of, open_training_data
+from ..data.training_data import images_of, open_training_data
 from ..core.device import training_precision
 from ..core.errors import BedgenError, one_line
 from ..families import get_family
@@ -441,9 +442,7 @@ class Trainer:
         path = self.run_dir / "previews" / f"step-{self.state.step:06d}.png"
         sheet = grid(images)
         sheet.save(path)
-        tmp = path.with_name(".latest.png.tmp")
-        sheet.save(tmp, format="PNG")
-        os.replace(tmp, path.with_name("latest.png"))
+        atomic_write(path.with_name("latest.png"), lambda handle: sheet.save(handle, format="PNG"))
         self._emit({"event": "preview", "step": self.state.step, "path": str(path)})
 
     def _log(self, loss: float, grad_norm: float, images_per_second: float) -> None:
