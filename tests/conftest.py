@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from bedgen.storage.checkpoint import save_checkpoint  # noqa: E402
-from bedgen.config.schema import BedgenConfig, override, preset  # noqa: E402
+from bedgen.config.overrides import override  # noqa: E402
+from bedgen.config.schema import BedgenConfig, preset  # noqa: E402
 from bedgen.models.unet import build_training_scheduler, build_unet  # noqa: E402
 
 

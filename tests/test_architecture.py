@@ -9,6 +9,8 @@ way the dependency points. docs/architecture.md explains each layer.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,25 +71,54 @@ def test_every_module_lies_in_a_layer_folder():
     assert not loose, f"modules outside any layer folder (add them to a layer): {loose}"
 
 
-def test_imports_point_down_or_sideways_within_a_layer_only():
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
     wrong = []
-    for name, targets in import_graph().items():
+    for name, targets in graph.items():
+        if name in FACADE:
+            continue
         for target in targets:
-            if name in FACADE:
-                continue
             if target in FACADE:
                 wrong.append(f"{name} imports the package front door {target}")
                 continue
             mine, theirs = layer_of(name), layer_of(target)
             if mine != theirs and LAYERS[theirs] >= LAYERS[mine]:
                 wrong.append(f"{name} ({mine}) imports {target} ({theirs})")
-    assert not wrong, "imports against the layer order:\n" + "\n".join(sorted(wrong))
+    return sorted(wrong)
+
+
+def test_imports_point_down_or_sideways_within_a_layer_only():
+    wrong = layer_violations(import_graph())
+    assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
 
 
 def test_no_import_cycles():
-    graph = {n: {t for t in ts if t in ts} for n, ts in import_graph().items()}
-    cycles = _cycles(graph)
+    cycles = _cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_an_upward_import_added_to_the_real_graph_is_caught():
+    """The checks are not vacuous: one deliberate upward import (core -> ui), and a sibling import
+    (evaluation -> families), each fail them; the upward one also closes a cycle."""
+    graph = import_graph()
+    graph["bedgen.core.errors"] = graph["bedgen.core.errors"] | {"bedgen.ui.app"}
+    graph["bedgen.evaluation.metrics"] = graph["bedgen.evaluation.metrics"] | {"bedgen.families.ddpm"}
+    assert layer_violations(graph) == [
+        "bedgen.core.errors (core) imports bedgen.ui.app (ui)",
+        "bedgen.evaluation.metrics (evaluation) imports bedgen.families.ddpm (families)",
+    ]
+    assert any("bedgen.core.errors" in cycle and "bedgen.ui.app" in cycle for cycle in _cycles(graph))
+
+
+def test_sampling_loads_nothing_of_training():
+    """The inference path (what the app's Generate and Interpolate tabs import) needs no trainer,
+    family, evaluation or sweep code."""
+    code = ("import sys, bedgen.sampling.pipeline, bedgen.sampling.interpolate; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('bedgen.') and m.split('.')[1] in "
+            "('training', 'families', 'evaluation', 'sweeps', 'sharing', 'cli', 'ui'))))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=PACKAGE.parent)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == ""
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -132,7 +132,7 @@ def test_ddpm_sampler_uses_the_learned_variance(tmp_path):
     with torch.no_grad():  # a different variance head must change ancestral samples
         for name, p in pipe.unet.conv_out.named_parameters():
             p[3:].add_(1.0)
-    pipe._placement = None
+    pipe.placement.forget()
     b = pipe.generate(1, seed=5, steps=4, scheduler="ddpm", dtype="fp32")[0]
     assert a.tobytes() != b.tobytes()
 

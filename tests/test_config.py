@@ -1,6 +1,7 @@
 import pytest
 
-from bedgen.config.schema import PRESETS, BedgenConfig, override, preset
+from bedgen.config.overrides import override
+from bedgen.config.schema import PRESETS, BedgenConfig, preset
 from bedgen.core.errors import BedgenError
 from bedgen.models.unet import build_training_scheduler, build_unet
 

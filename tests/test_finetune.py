@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 
 from bedgen.cli.main import main
-from bedgen.config.schema import override
+from bedgen.config.overrides import override
 from bedgen.core.errors import BedgenError
 from bedgen.data.training_data import PriorPreservationDataset, open_training_data
 from bedgen.training.finetune import (

@@ -8,7 +8,8 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, LDMPipeline, VQModel
 
 import bedgen
-from bedgen.config.schema import override, preset
+from bedgen.config.overrides import override
+from bedgen.config.schema import preset
 from bedgen.data.datasets import open_dataset
 from bedgen.core.errors import BedgenError
 from bedgen.families.ldm import scale_from_data

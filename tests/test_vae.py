@@ -11,7 +11,8 @@ from diffusers import AutoencoderKL, VQModel
 import bedgen
 from bedgen.models import autoencoders as ae
 from bedgen.cli.main import main
-from bedgen.config.schema import override, preset
+from bedgen.config.overrides import override
+from bedgen.config.schema import preset
 from bedgen.data.datasets import open_dataset
 from bedgen.core.errors import BedgenError
 from bedgen.families.vae import AutoencoderFamily

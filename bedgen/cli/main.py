@@ -254,7 +254,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def train_config_from_args(args: argparse.Namespace):
     """The preset (or the resumed run's config) with the flags that were given applied."""
-    from ..config.schema import override, preset
+    from ..config.overrides import override, parse_assignment
+    from ..config.schema import preset
 
     changes: dict[str, object] = {}
     for key, value in vars(args).items():
@@ -269,13 +270,8 @@ def train_config_from_args(args: argparse.Namespace):
     elif changes.get("train.max_steps") is not None:
         changes["train.epochs"] = None
     for item in args.set:
-        field, _, raw = item.partition("=")
-        if not raw:
-            raise BedgenError(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            changes[field.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            changes[field.strip()] = raw
+        field, value = parse_assignment(item)
+        changes[field] = value
     if args.resume and (args.out / "bedgen-run.json").is_file():
         base = _resumed_config(args.out)
     elif getattr(args, "config", None) is not None:

@@ -399,23 +399,6 @@ def _is_tuple_hint(hint: Any) -> bool:
     return origin is tuple
 
 
-def override(config: BedgenConfig, changes: dict[str, Any]) -> BedgenConfig:
-    """Return a copy with dotted fields replaced, e.g. ``{"unet.layers_per_block": 2}``."""
-    new = copy.deepcopy(config)
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        target = new
-        for part in parents:
-            target = getattr(target, part, None)
-            if not dataclasses.is_dataclass(target):
-                raise BedgenError(f"unknown config field '{dotted}'")
-        if leaf not in {f.name for f in dataclasses.fields(target)}:
-            raise BedgenError(f"unknown config field '{dotted}'")
-        setattr(target, leaf, tuple(value) if isinstance(value, list) else value)
-    new.validate()
-    return new
-
-
 # --- presets --------------------------------------------------------------------------
 
 _D, _AD, _U, _AU = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"

@@ -25,8 +25,14 @@ def to_pil(batch: torch.Tensor) -> list[Image.Image]:
 
 def from_pil(images: list[Image.Image]) -> torch.Tensor:
     """RGB PIL images of one size -> (N, 3, H, W) float tensor in [-1, 1]."""
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
+    return to_signed(torch.from_numpy(arr).permute(0, 3, 1, 2))
+
+
+def to_signed(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 pixels [0, 255] -> float32 in [-1, 1], the range every network here works in."""
+    pixels = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels
+    return pixels.float() / 127.5 - 1
 
 
 def grid(images: list[Image.Image], columns: int | None = None, pad: int = 2) -> Image.Image:

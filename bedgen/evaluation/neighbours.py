@@ -86,7 +86,7 @@ from ..data.datasets import DataConfig, ImageDataset, commit_shards, decode, ope
 from ..core.device import resolve_device
 from ..core.files import atomic_write
 from ..core.errors import BedgenError, one_line
-from ..core.images import load_image
+from ..core.images import load_image, to_signed
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _model_input(batch: torch.Tensor) -> torch.Tensor:
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(batch.shape)}")
     if batch.dtype == torch.uint8:
-        return batch.float() / 127.5 - 1  # the same mapping as bedgen.core.images.from_pil
+        return to_signed(batch)
     x = batch.float()
     if x.numel() and (x.min() < -1.001 or x.max() > 1.001):
         raise ValueError("float images must lie in [-1, 1]")

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.images import to_signed
+
 
 def as_saved(scheduler: Any) -> Any:
     """The schedule as a checkpoint reloads it. diffusers' ``from_config`` lets a sampler
@@ -35,7 +37,7 @@ class FamilyHooks:
                indices: torch.Tensor | None = None) -> torch.Tensor:
         """What the loss sees, from uint8 images (B, 3, R, R): pixels in [-1, 1], mirrored where
         ``flip``. ``indices`` (training-set rows) let a family use what it computed in prepare()."""
-        x = images.float() / 127.5 - 1  # [0, 255] -> [-1, 1]
+        x = to_signed(images)
         if flip is not None:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x

@@ -39,7 +39,7 @@ from ..data.datasets import preprocess
 from ..core.device import resolve
 from ..maths.diffusion import Schedule
 from ..core.errors import BedgenError
-from ..core.images import grid, load_image, to_pil
+from ..core.images import grid, load_image, to_pil, to_signed
 from .pipeline import MAX_SEED, AutoencoderPipeline, Pipeline, _check_int
 
 METHODS = ("noise", "ddim-inversion")
@@ -161,35 +161,36 @@ def interpolate(
     vae = isinstance(pipe, AutoencoderPipeline)
     steps = _check_int("steps", steps, 1, pipe.max_steps) if not vae else 0
     seed = _check_int("seed", seed, 0, MAX_SEED)
-    placement = pipe._place(resolve(device, dtype))
-    batch_size = _check_int("batch size", batch_size or (32 if placement.device.type == "cuda" else 8), 1, 4096)
-    inputs = tuple(_model_input(pipe, im, name) for im, name in ((image_a, "image A"), (image_b, "image B")))
-    x0 = torch.cat(inputs)
-    start = time.perf_counter()
-    runner = None
-    if vae:
-        result_frames, timestep, used_steps = _vae_frames(pipe, x0, lambdas, method, placement), 0, 0
-    else:
-        runner = _Runner(pipe, placement, batch_size, progress)
-        z0 = pipe.encode(x0)  # latent diffusion interpolates latents; pixel models pass through
-        if pipe.info.family == "consistency":
-            frames, timestep, used_steps = _consistency_frames(pipe, runner, z0, t, lambdas, method, seed)
+    placement = resolve(device, dtype)
+    with pipe.placement.use(placement):  # the networks stay on this device until the frames are done
+        batch_size = _check_int("batch size", batch_size or (32 if placement.device.type == "cuda" else 8), 1, 4096)
+        inputs = tuple(_model_input(pipe, im, name) for im, name in ((image_a, "image A"), (image_b, "image B")))
+        x0 = torch.cat(inputs)
+        start = time.perf_counter()
+        runner = None
+        if vae:
+            result_frames, timestep, used_steps = _vae_frames(pipe, x0, lambdas, method, placement), 0, 0
         else:
-            frames, timestep, used_steps = _vp_frames(pipe, runner, z0, t, lambdas, method, steps, seed)
-        result_frames = pipe.decode(frames)
-    return InterpolationResult(
-        frames=to_pil(result_frames),
-        weights=lambdas,
-        inputs=tuple(to_pil(x0)),  # type: ignore[arg-type]
-        method=method,
-        t=t,
-        timestep=timestep,
-        steps=used_steps,
-        seed=seed,
-        placement=placement.describe(),
-        seconds=time.perf_counter() - start,
-        evaluations=runner.evaluations if runner is not None else 1,
-    )
+            runner = _Runner(pipe, placement, batch_size, progress)
+            z0 = pipe.encode(x0)  # latent diffusion interpolates latents; pixel models pass through
+            if pipe.info.family == "consistency":
+                frames, timestep, used_steps = _consistency_frames(pipe, runner, z0, t, lambdas, method, seed)
+            else:
+                frames, timestep, used_steps = _vp_frames(pipe, runner, z0, t, lambdas, method, steps, seed)
+            result_frames = pipe.decode(frames)
+        return InterpolationResult(
+            frames=to_pil(result_frames),
+            weights=lambdas,
+            inputs=tuple(to_pil(x0)),  # type: ignore[arg-type]
+            method=method,
+            t=t,
+            timestep=timestep,
+            steps=used_steps,
+            seed=seed,
+            placement=placement.describe(),
+            seconds=time.perf_counter() - start,
+            evaluations=runner.evaluations if runner is not None else 1,
+        )
 
 
 def _vae_frames(pipe: AutoencoderPipeline, x0: torch.Tensor, lambdas: list[float], method: str, placement) -> torch.Tensor:
@@ -302,7 +303,7 @@ def _model_input(pipe: Pipeline, image: Any, name: str) -> torch.Tensor:
     config = pipe.info.config
     square = config.data.square if config is not None else "crop"
     pixels = preprocess(load_image(image, name), pipe.resolution, square)
-    return torch.from_numpy(pixels).float()[None] / 127.5 - 1
+    return to_signed(pixels)[None]
 
 
 def _check_fraction(name: str, value: Any, low_open: bool = False) -> float:

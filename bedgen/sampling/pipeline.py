@@ -24,11 +24,12 @@ from PIL import Image
 from ..storage.checkpoint import CheckpointInfo, load_checkpoint
 from ..core.device import Placement, resolve
 from ..core.errors import BedgenError
-from ..core.images import to_pil
+from ..core.images import to_pil, to_signed
 from ..models import autoencoders
 from ..storage.checkpoint import is_autoencoder_checkpoint, latest_in_run, load_autoencoder_checkpoint
 from ..core.files import recover_interrupted_save
 from ..core.hub import resolve_ref
+from .placement import SharedPlacement
 from .schedulers import (
     check_steps, default_sampler, is_score_scheduler, langevin_evals, make_scheduler, pc_evals, samplers_for,
     sampling_ladder,
@@ -62,7 +63,8 @@ class Pipeline:
         self.info = info
         # Latent diffusion: the UNet runs on autoencoder latents z·s (s = scaling_factor).
         self.autoencoder = autoencoder.eval().requires_grad_(False) if autoencoder is not None else None
-        self._placement: Placement | None = None
+        self.placement = SharedPlacement(
+            lambda: [self.unet] + ([self.autoencoder] if self.autoencoder is not None else []), channels_last=True)
 
     @classmethod
     def from_ref(cls, ref: str) -> "Pipeline":
@@ -173,13 +175,19 @@ class Pipeline:
         sampler = scheduler or self.default_sampler
         steps = check_steps(self.default_steps if steps is None else steps, self.training_scheduler)
         evals_per_batch = self._evals(sampler, steps)  # also rejects an unknown sampler name
-        placement = self._place(resolve(device, dtype))
+        placement = resolve(device, dtype)
         if batch_size is None:
             batch_size = 32 if placement.device.type == "cuda" else 8
         batch_size = _check_int("batch size", batch_size, 1, 4096)
         trajectory_every = _check_int("trajectory_every", trajectory_every, 0, steps)
-        self._score_settings = self._check_step_size(step_size)
+        step_size = self._check_step_size(step_size)
+        with self.placement.use(placement):
+            return self._sample(n, seed, sampler, steps, batch_size, placement, progress, trajectory_every,
+                                step_size, evals_per_batch)
 
+    def _sample(self, n: int, seed: int, sampler: str, steps: int, batch_size: int, placement: Placement,
+                progress: ProgressFn | None, trajectory_every: int, step_size: float | None,
+                evals_per_batch: int) -> SampleResult:
         start = time.perf_counter()
         seeds = list(range(seed, seed + n))
         batches = [seeds[i : i + batch_size] for i in range(0, n, batch_size)]
@@ -195,7 +203,7 @@ class Pipeline:
         trajectory: list[list[Image.Image]] = []
         for batch_seeds in batches:
             final, frames = self._sample_batch(
-                batch_seeds, sampler, steps, placement, on_eval, trajectory_every
+                batch_seeds, sampler, steps, placement, on_eval, trajectory_every, step_size
             )
             images += to_pil(final)
             if trajectory_every:
@@ -221,16 +229,16 @@ class Pipeline:
         config = self.info.config
         return config.score if config is not None and config.family == "smld" else ScoreConfig()
 
-    def _check_step_size(self, step_size: float | None) -> dict[str, float]:
+    def _check_step_size(self, step_size: float | None) -> float | None:
         if step_size is None:
-            return {}
+            return None
         if not self.is_score_model:
             raise BedgenError("step size applies to score models (smld) only; leave it empty for this model")
         if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not (
             math.isfinite(step_size) and step_size > 0
         ):
             raise BedgenError(f"step size must be a positive number, got {step_size!r}")
-        return {"step_size": float(step_size)}
+        return float(step_size)
 
     def _evals(self, sampler: str, steps: int) -> int:
         """Network evaluations per batch (what progress counts)."""
@@ -243,15 +251,6 @@ class Pipeline:
         scheduler.set_timesteps(steps)
         return len(scheduler.timesteps)
 
-    def _place(self, placement: Placement) -> Placement:
-        if placement != self._placement:
-            # channels_last lets oneDNN/cuDNN pick their fastest convolution kernels.
-            self.unet.to(device=placement.device, memory_format=torch.channels_last)
-            if self.autoencoder is not None:
-                self.autoencoder.to(device=placement.device)
-            self._placement = placement
-        return placement
-
     @torch.inference_mode()
     def _sample_batch(
         self,
@@ -261,9 +260,10 @@ class Pipeline:
         placement: Placement,
         on_eval: Callable[[], None],
         trajectory_every: int,
+        step_size: float | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self.is_score_model:
-            return self._sample_score_batch(seeds, sampler, steps, placement, on_eval, trajectory_every)
+            return self._sample_score_batch(seeds, sampler, steps, placement, on_eval, trajectory_every, step_size)
         scheduler = make_scheduler(sampler, self.training_scheduler)
         scheduler.set_timesteps(steps)
         # CPU generators: the same seed gives the same noise on every device.
@@ -298,6 +298,7 @@ class Pipeline:
         placement: Placement,
         on_eval: Callable[[], None],
         trajectory_every: int,
+        step_size: float | None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Annealed Langevin or predictor-corrector on the model's σ ladder; output in [-1, 1]."""
         s = self._score_config()
@@ -317,7 +318,6 @@ class Pipeline:
             if trajectory_every and level % trajectory_every == 0:
                 frames.append(x.clamp(0, 1).cpu() * 2 - 1)
 
-        step_size = self._score_settings.get("step_size")
         if sampler == "langevin":
             x = sm.annealed_langevin(score, x, sigmas, s.langevin_steps, step_size or s.step_size, generators,
                                      denoise=s.final_step == "denoise", on_eval=on_eval, on_level=keep_frame)
@@ -355,7 +355,7 @@ class AutoencoderPipeline:
     def __init__(self, autoencoder: torch.nn.Module, info: CheckpointInfo):
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.info = info
-        self._placement: Placement | None = None
+        self.placement = SharedPlacement(lambda: [self.autoencoder])
 
     @classmethod
     def from_ref(cls, ref: str) -> "AutoencoderPipeline":
@@ -376,12 +376,6 @@ class AutoencoderPipeline:
     def resolution(self) -> int:
         size = self.autoencoder.config.sample_size
         return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-    def _place(self, placement: Placement) -> Placement:
-        if placement != self._placement:
-            self.autoencoder.to(device=placement.device)
-            self._placement = placement
-        return placement
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> posterior means (KL) or pre-quantisation latents (VQ)."""
@@ -417,8 +411,13 @@ class AutoencoderPipeline:
                 "this autoencoder is a VQ model: it has no N(0, I) prior to sample from; use it as the "
                 "first stage of latent diffusion (--preset ldm-vq) or to reconstruct images"
             )
-        placement = self._place(resolve(device, dtype))
+        placement = resolve(device, dtype)
         batch_size = _check_int("batch size", batch_size or (32 if placement.device.type == "cuda" else 16), 1, 4096)
+        with self.placement.use(placement):
+            return self._sample(n, seed, batch_size, placement, progress, trajectory_every)
+
+    def _sample(self, n: int, seed: int, batch_size: int, placement: Placement, progress: ProgressFn | None,
+                trajectory_every: int) -> SampleResult:
         start = time.perf_counter()
         seeds = list(range(seed, seed + n))
         batches = [seeds[i : i + batch_size] for i in range(0, n, batch_size)]
@@ -439,13 +438,13 @@ class AutoencoderPipeline:
         from ..data.datasets import preprocess
         from ..core.images import load_image
 
-        placement = self._place(resolve(device, dtype))
+        placement = resolve(device, dtype)
         config = self.info.config
         square = config.data.square if config is not None else "crop"
         pixels = [preprocess(load_image(image, f"image {i + 1}"), self.resolution, square)
                   for i, image in enumerate(images)]
-        x = torch.from_numpy(np.stack(pixels)).float() / 127.5 - 1
-        with placement.autocast():
+        x = to_signed(np.stack(pixels))
+        with self.placement.use(placement), placement.autocast():
             return to_pil(self.decode(self.encode(x.to(placement.device))))
 
 

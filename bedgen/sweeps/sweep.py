@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
@@ -36,7 +34,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +41,8 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 from ..storage.checkpoint import RUN_JSON
 from ..core.files import write_json
-from ..config.schema import PRESETS, BedgenConfig, override, preset
+from ..config.overrides import all_fields, coerce, field_hint, override, suggest
+from ..config.schema import PRESETS, BedgenConfig, preset
 from ..core.errors import BedgenError
 
 Mode = Literal["grid", "one-at-a-time"]
@@ -166,7 +164,7 @@ class _Parser:
     def spec(self, default_name: str, text: str, data: str | None) -> SweepSpec:
         unknown = [k for k in self.raw if k not in SPEC_KEYS]
         if unknown:
-            self.fail(f"unknown key '{unknown[0]}'{_suggest(str(unknown[0]), SPEC_KEYS)}; "
+            self.fail(f"unknown key '{unknown[0]}'{suggest(str(unknown[0]), SPEC_KEYS)}; "
                       f"a sweep file has {', '.join(SPEC_KEYS)}", unknown[0])
         name = self._name(default_name)
         base_preset, base = self._base()
@@ -202,7 +200,7 @@ class _Parser:
     def _check_preset(self, name: Any, *path: Any) -> None:
         if name not in PRESETS:
             choices = ", ".join(PRESETS)
-            self.fail(f"unknown preset {name!r}{_suggest(str(name), PRESETS)}; choose one of {choices}", *path)
+            self.fail(f"unknown preset {name!r}{suggest(str(name), PRESETS)}; choose one of {choices}", *path)
 
     def _data(self, override_source: str | None) -> dict[str, Any]:
         raw = self.raw.get("data")
@@ -241,7 +239,7 @@ class _Parser:
         values = {}
         for key, value in raw.items():
             # every -> train.fid_every ...; a key that is already a train field (inception_weights) as is
-            dotted = next((d for d in (f"train.fid_{key}", f"train.{key}") if _field_hint(d) is not None), None)
+            dotted = next((d for d in (f"train.fid_{key}", f"train.{key}") if field_hint(d) is not None), None)
             if dotted is None:
                 self.fail(f"fid: {key}: the trainer has no field train.fid_{key} "
                           "(in-training FID takes every, samples, ref, batch_size, inception_weights)", "fid", key)
@@ -329,11 +327,11 @@ class _Parser:
         if dotted == "preset":
             self._check_preset(value, *path)
             return value
-        hint = _field_hint(dotted)
+        hint = field_hint(dotted)
         if hint is None:
-            self.fail(f"unknown config field '{dotted}'{_suggest(dotted, _all_fields())}", *path)
+            self.fail(f"unknown config field '{dotted}'{suggest(dotted, all_fields())}", *path)
         try:
-            return _coerce(value, hint)
+            return coerce(value, hint)
         except TypeError as e:
             self.fail(f"'{dotted}' {e}", *path)
 
@@ -348,89 +346,6 @@ def _flatten(raw: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[str, tup
         else:
             flat[".".join(str(p) for p in path)] = (value, path)
     return flat
-
-
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _field_hint(dotted: str) -> Any:
-    """The type annotation of a dotted config field, or None if there is no such field."""
-    cls: Any = BedgenConfig
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        hint = _hints(cls).get(part)
-        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
-            return None
-        cls = hint
-    return _hints(cls).get(leaf)
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
-
-
-def _all_fields(cls: type = BedgenConfig, prefix: str = "") -> list[str]:
-    names = []
-    for name, hint in _hints(cls).items():
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            names += _all_fields(hint, f"{prefix}{name}.")
-        else:
-            names.append(prefix + name)
-    return names
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """``value`` as the annotated type; TypeError says what was expected."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg)
-            except TypeError as e:
-                errors.append(str(e))
-        raise TypeError(errors[0] if len(errors) == 1 else f"expects {_type_name(hint)}, got {value!r}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise TypeError(f"must be one of {', '.join(map(str, args))}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"expects a list, got {value!r}")
-        return tuple(_coerce(v, args[0]) for v in value)
-    return _coerce_scalar(value, hint)
-
-
-def _coerce_scalar(value: Any, hint: Any) -> Any:
-    if hint is float:
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads 1e-4 (no dot) as a string
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is bool or hint is str:
-        if isinstance(value, hint):
-            return value
-    else:
-        return value
-    raise TypeError(f"expects {_type_name(hint)}, got {value!r}")
-
-
-def _type_name(hint: Any) -> str:
-    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
-    if hint in names:
-        return names[hint]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return " or ".join(_type_name(a) for a in args) if args else str(hint)
 
 
 def _check_base(spec: SweepSpec, parser: _Parser) -> None:
