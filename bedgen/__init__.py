@@ -1,13 +1,13 @@
 """bedgen: train, sample, explore and evaluate diffusion models of bedrooms."""
 
-__version__ = "0.1.0"
+from .core.version import __version__  # noqa: F401
 
-from ._torchvision_cpu import allow_torchvision_without_ops  # noqa: E402
+from .core.torchvision_cpu import allow_torchvision_without_ops  # noqa: E402
 
 allow_torchvision_without_ops()  # before anything imports torchvision (lpips, torch-fidelity, tests)
 
-from .config import PRESETS, BedgenConfig, preset  # noqa: E402
-from .errors import BedgenError  # noqa: E402
-from .pipeline import Pipeline, SampleResult, load  # noqa: E402
+from .config.schema import PRESETS, BedgenConfig, preset  # noqa: E402
+from .core.errors import BedgenError  # noqa: E402
+from .sampling.pipeline import Pipeline, SampleResult, load  # noqa: E402
 
 __all__ = ["BedgenConfig", "BedgenError", "PRESETS", "Pipeline", "SampleResult", "load", "preset"]

@@ -40,9 +40,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from bedgen import neighbours as nn  # noqa: E402
-from bedgen.data import preprocess  # noqa: E402
-from bedgen.neighbours import LpipsIndex, build_index, shared_embedder  # noqa: E402
+from bedgen.evaluation import neighbours as nn  # noqa: E402
+from bedgen.data.datasets import preprocess  # noqa: E402
+from bedgen.evaluation.neighbours import LpipsIndex, build_index  # noqa: E402
+from bedgen.models.lpips import shared_embedder  # noqa: E402
 from synthetic import write_rooms  # noqa: E402
 
 RESOLUTION = 64

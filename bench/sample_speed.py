@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffusers import DDPMPipeline  # noqa: E402
 
-from bedgen.checkpoint import CheckpointInfo  # noqa: E402
-from bedgen.config import override, preset  # noqa: E402
-from bedgen.device import resolve  # noqa: E402
-from bedgen.modeling import build_training_scheduler, build_unet  # noqa: E402
-from bedgen.pipeline import Pipeline  # noqa: E402
+from bedgen.storage.checkpoint import CheckpointInfo  # noqa: E402
+from bedgen.config.overrides import override  # noqa: E402
+from bedgen.config.schema import preset  # noqa: E402
+from bedgen.core.device import resolve  # noqa: E402
+from bedgen.models.unet import build_training_scheduler, build_unet  # noqa: E402
+from bedgen.sampling.pipeline import Pipeline  # noqa: E402
 
 
 def best_of(repeats: int, fn) -> float:

@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from diffusers import DDPMScheduler  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
 
-from bedgen.config import override, preset  # noqa: E402
-from bedgen.data import DataConfig, open_dataset, prepare  # noqa: E402
-from bedgen.modeling import build_unet  # noqa: E402
-from bedgen.trainer import Trainer, resolve_mixed_precision  # noqa: E402
+from bedgen.config.overrides import override  # noqa: E402
+from bedgen.config.schema import preset  # noqa: E402
+from bedgen.data.datasets import DataConfig, open_dataset, prepare  # noqa: E402
+from bedgen.models.unet import build_unet  # noqa: E402
+from bedgen.training.trainer import Trainer, resolve_mixed_precision  # noqa: E402
 from synthetic import write_rooms  # noqa: E402
 
 WARMUP = 5

@@ -22,9 +22,10 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from bedgen.checkpoint import save_checkpoint  # noqa: E402
-from bedgen.config import BedgenConfig, override, preset  # noqa: E402
-from bedgen.modeling import build_training_scheduler, build_unet  # noqa: E402
+from bedgen.storage.checkpoint import save_checkpoint  # noqa: E402
+from bedgen.config.overrides import override  # noqa: E402
+from bedgen.config.schema import BedgenConfig, preset  # noqa: E402
+from bedgen.models.unet import build_training_scheduler, build_unet  # noqa: E402
 
 
 def tiny_config(**changes) -> BedgenConfig:
@@ -66,8 +67,8 @@ def make_tiny_score_checkpoint(path: Path, seed: int = 0) -> Path:
 
 def make_tiny_vae_checkpoint(path: Path, seed: int = 0) -> Path:
     """A 16 px VAE (f = 4, 4 x 4 x 4 latent) with random weights, saved like a trained one."""
-    from bedgen.autoencoders import build_autoencoder
-    from bedgen.checkpoint import save_autoencoder_checkpoint
+    from bedgen.models.autoencoders import build_autoencoder
+    from bedgen.storage.checkpoint import save_autoencoder_checkpoint
 
     config = override(preset("vae-tiny"), {
         "resolution": 16, "autoencoder.block_out_channels": (8, 16, 16), "autoencoder.norm_num_groups": 4,
@@ -79,7 +80,7 @@ def make_tiny_vae_checkpoint(path: Path, seed: int = 0) -> Path:
 
 def make_tiny_ldm_checkpoint(path: Path, seed: int = 0) -> Path:
     """A 16 px latent diffusion model: the random VAE above (f = 4) + a tiny UNet on its 4 x 4 latents."""
-    from bedgen.autoencoders import build_autoencoder
+    from bedgen.models.autoencoders import build_autoencoder
 
     vae_config = override(preset("vae-tiny"), {
         "resolution": 16, "autoencoder.block_out_channels": (8, 16, 16), "autoencoder.norm_num_groups": 4,
@@ -161,7 +162,7 @@ def save_random_backbone(path: Path, net: str = "alex", seed: int = 0) -> Path:
 
 def build_room_index(root: Path, count: int = 24) -> tuple[Path, Path]:
     """An LPIPS index (AlexNet, random backbone saved to a file) of ``count`` synthetic rooms."""
-    from bedgen.neighbours import build_index
+    from bedgen.evaluation.neighbours import build_index
     from synthetic import write_rooms
 
     write_rooms(root / "rooms", count, size=48, seed=21)

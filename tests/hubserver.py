@@ -1022,7 +1022,7 @@ def set_hf_endpoint(monkeypatch, endpoint: str) -> None:
     """Make huggingface_hub use `endpoint` even when callers pass ``endpoint=None``.
 
     Sets the HF_ENDPOINT env var (for code that reads it at call time, like
-    bedgen.hub) and patches the two import-time constants that matter.
+    bedgen.core.hub) and patches the two import-time constants that matter.
     """
     from huggingface_hub import constants
 

@@ -272,7 +272,7 @@ def test_neighbours_bad_input_is_a_clear_error_and_the_app_keeps_serving(client,
 @pytest.fixture(scope="module")
 def reference(app_server):
     """Statistics of the indexed rooms at the tiny model's 16 px, with the app's Inception file."""
-    from bedgen.metrics import compute_reference_stats
+    from bedgen.evaluation.metrics import compute_reference_stats
 
     root = app_server.log.parent
     stats = compute_reference_stats(str(root / "rooms"), 16, inception_weights=root / "inception-random.pth",
@@ -330,7 +330,7 @@ def test_evaluate_bad_input_is_a_clear_error_and_the_app_keeps_serving(client, a
     elif case == "no reference":
         kwargs["reference"] = ""
     elif case == "other resolution":
-        from bedgen.metrics import compute_reference_stats
+        from bedgen.evaluation.metrics import compute_reference_stats
 
         root = app_server.log.parent
         kwargs["reference"] = compute_reference_stats(
@@ -345,7 +345,8 @@ def test_evaluate_bad_input_is_a_clear_error_and_the_app_keeps_serving(client, a
 def test_sweep_tables_and_plots_found_under_the_sweeps_folder(client, app_server):
     import yaml
 
-    from bedgen.sweep import load_sweep, run_sweep, write_report
+    from bedgen.sweeps.report import write_report
+    from bedgen.sweeps.sweep import load_sweep, run_sweep
 
     root = app_server.log.parent
     spec_file = root / "lr.yaml"
@@ -372,7 +373,7 @@ def test_sweep_tables_and_plots_found_under_the_sweeps_folder(client, app_server
 
 
 def test_sweep_view_is_confined_to_its_folder(tmp_path):
-    from bedgen.errors import BedgenError
+    from bedgen.core.errors import BedgenError
     from bedgen.ui.evaluate import show_sweep
 
     (tmp_path / "outside").mkdir()

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bedgen.errors import BedgenError
+from bedgen.core.errors import BedgenError
 from bedgen.ui.security import ModelPolicy
 
 from conftest import AppProcess, make_tiny_checkpoint
@@ -150,7 +150,7 @@ def test_push_the_finished_run_from_the_train_tab(train_app, hub):
 
 
 def test_public_app_lists_only_what_it_serves_and_has_no_push_route(hub, tmp_path, monkeypatch):
-    from bedgen.publish import push_model
+    from bedgen.sharing.publish import push_model
 
     home = tmp_path / "hf-home"
     isolate_hf_hub(monkeypatch, home)

@@ -27,8 +27,8 @@ from PIL import Image
 from conftest import AppProcess, build_room_index, make_tiny_checkpoint
 from synthetic import room
 
-from bedgen.errors import BedgenError
-from bedgen.images import load_image
+from bedgen.core.errors import BedgenError
+from bedgen.core.images import load_image
 
 pytestmark = pytest.mark.slow  # the app processes this module starts take most of its time
 

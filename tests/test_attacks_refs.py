@@ -106,7 +106,7 @@ def public_app(tmp_path_factory):
     (run / "bedgen-run.json").write_text(json.dumps({"latest": os.path.relpath(root / "secret" / "model", run)}))
     write_rooms(root / "rooms", 12, size=24)
     inception = save_random_inception(root / "inception-random.pth")
-    from bedgen.metrics import compute_reference_stats
+    from bedgen.evaluation.metrics import compute_reference_stats
 
     compute_reference_stats(str(root / "rooms"), 16, inception_weights=inception, feature_layer="64",
                             batch_size=12).save(root / "references" / "rooms-16.npz")
@@ -320,7 +320,7 @@ def test_failing_loads_leave_no_lock_behind(tmp_path, monkeypatch):
     """Finding 5: every distinct ref that fails to load used to keep its loading lock forever."""
     from hubserver import isolate_hf_hub
 
-    from bedgen.errors import BedgenError
+    from bedgen.core.errors import BedgenError
     from bedgen.ui.cache import PipelineCache
     from bedgen.ui.security import ModelPolicy
 
@@ -349,7 +349,7 @@ def test_failing_loads_leave_no_lock_behind(tmp_path, monkeypatch):
     (f"org/name@{SHA}", SHA),
 ])
 def test_plain_revisions_are_hub_ids(ref, revision):
-    from bedgen.hub import parse_hub_ref
+    from bedgen.core.hub import parse_hub_ref
 
     assert parse_hub_ref(ref).revision == revision
 
@@ -358,8 +358,8 @@ def test_plain_revisions_are_hub_ids(ref, revision):
                                  "org/name@a//b", "org/name@a/", "org/name@a..b", "org/..@main", "org/.hidden"])
 def test_revisions_that_are_paths_are_not_hub_ids(ref, tmp_path, monkeypatch):
     """CLI, library and app share the parser: a path-like revision is refused before any lookup."""
-    from bedgen.errors import ModelNotFoundError
-    from bedgen.hub import parse_hub_ref, resolve_ref
+    from bedgen.core.errors import ModelNotFoundError
+    from bedgen.core.hub import parse_hub_ref, resolve_ref
 
     monkeypatch.chdir(tmp_path)
     assert parse_hub_ref(ref) is None
@@ -370,7 +370,7 @@ def test_revisions_that_are_paths_are_not_hub_ids(ref, tmp_path, monkeypatch):
 def test_a_loaded_folder_outside_the_checkpoints_and_the_hub_cache_is_refused(tmp_path, monkeypatch):
     from hubserver import isolate_hf_hub
 
-    from bedgen.errors import BedgenError
+    from bedgen.core.errors import BedgenError
     from bedgen.ui.security import ModelPolicy
 
     cache = isolate_hf_hub(monkeypatch, tmp_path / "hf")

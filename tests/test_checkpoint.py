@@ -9,9 +9,10 @@ import torch
 from diffusers import CMStochasticIterativeScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
 
 import bedgen
-from bedgen.checkpoint import BEDGEN_JSON, load_checkpoint, recover_interrupted_save, save_checkpoint
-from bedgen.errors import BedgenError, ModelNotFoundError
-from bedgen.modeling import build_training_scheduler, build_unet
+from bedgen.core.files import recover_interrupted_save
+from bedgen.storage.checkpoint import BEDGEN_JSON, load_checkpoint, save_checkpoint
+from bedgen.core.errors import BedgenError, ModelNotFoundError
+from bedgen.models.unet import build_training_scheduler, build_unet
 
 from conftest import make_tiny_checkpoint, tiny_config
 
@@ -131,7 +132,7 @@ def test_ddpm_sampler_uses_the_learned_variance(tmp_path):
     with torch.no_grad():  # a different variance head must change ancestral samples
         for name, p in pipe.unet.conv_out.named_parameters():
             p[3:].add_(1.0)
-    pipe._placement = None
+    pipe.placement.forget()
     b = pipe.generate(1, seed=5, steps=4, scheduler="ddpm", dtype="fp32")[0]
     assert a.tobytes() != b.tobytes()
 

@@ -19,7 +19,7 @@ def bedgen(*args, env=None):
 
 def bedgen_in_process(capsys, *args):
     """Run the CLI in this process (fast); returns (exit code, stdout, stderr)."""
-    from bedgen.cli import main
+    from bedgen.cli.main import main
 
     try:
         code = main(list(args))
@@ -151,3 +151,31 @@ def test_folders_the_tools_write_into_are_ignored_by_git():
     ignored = (Path(__file__).resolve().parent.parent / ".gitignore").read_text().split()
     for folder in ("/data/", "/references/", "/indexes/", "/runs/", "/samples/"):
         assert folder in ignored, folder
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("train.lr=abc", "'train.lr' expects a number, got 'abc'"),
+    ("train.batch_size=2.5", "'train.batch_size' expects a whole number, got 2.5"),
+    ("train.batch_sise=4", "unknown config field 'train.batch_sise' (did you mean 'train.batch_size'?)"),
+    ("train.lr", "--set expects FIELD=VALUE, got 'train.lr'"),
+])
+def test_set_values_are_checked_against_the_field_type(capsys, tmp_path, assignment, message):
+    """--set, sweep files and the app share one typed override: a wrong type is one clear line, no traceback."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    code, _, err = bedgen_in_process(capsys, "train", "--data", str(folder), "--out", str(tmp_path / "run"),
+                                     "--set", assignment)
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_converts_json_values_to_the_field_type():
+    from bedgen.config.overrides import override, parse_assignment
+    from bedgen.config.schema import preset
+
+    changes = dict(parse_assignment(a) for a in ["train.lr=1e-4", "train.batch_size=8", "unet.block_out_channels=[32, 64, 96]"])
+    config = override(preset("tiny"), changes)
+    assert config.train.lr == 1e-4 and isinstance(config.train.lr, float)
+    assert config.train.batch_size == 8
+    assert config.unet.block_out_channels == (32, 64, 96)

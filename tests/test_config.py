@@ -1,8 +1,9 @@
 import pytest
 
-from bedgen.config import PRESETS, BedgenConfig, override, preset
-from bedgen.errors import BedgenError
-from bedgen.modeling import build_training_scheduler, build_unet
+from bedgen.config.overrides import override
+from bedgen.config.schema import PRESETS, BedgenConfig, preset
+from bedgen.core.errors import BedgenError
+from bedgen.models.unet import build_training_scheduler, build_unet
 
 D, AD, U, AU = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"
 
@@ -32,7 +33,7 @@ def test_every_preset_builds_its_network(name):
     import torch
     from diffusers import AutoencoderKL, VQModel
 
-    from bedgen.autoencoders import build_autoencoder, downsample_factor
+    from bedgen.models.autoencoders import build_autoencoder, downsample_factor
 
     config = preset(name)
     if config.family == "vae":

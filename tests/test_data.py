@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bedgen.data import DataConfig, decode, open_dataset, prepare, preprocess
-from bedgen.errors import BedgenError
+from bedgen.data.datasets import DataConfig, decode, open_dataset, prepare, preprocess
+from bedgen.core.errors import BedgenError
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 R = 16

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from bedgen.device import cpu_bf16_reason, cpu_flags, cpu_has_bf16, cpu_kind, resolve, training_precision
+from bedgen.core.device import cpu_bf16_reason, cpu_flags, cpu_has_bf16, cpu_kind, resolve, training_precision
 
 # Flag sets as /proc/cpuinfo prints them (abridged) for the CPUs the README's figures come from.
 AVX2_EPYC = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi1 bmi2 sha_ni".split()
@@ -79,8 +79,8 @@ def test_training_precision_says_why():
 
 
 def test_sample_and_interpolate_results_carry_the_reason(tiny_checkpoint, tmp_path):
-    from bedgen.interpolate import interpolate
-    from bedgen.pipeline import load
+    from bedgen.sampling.interpolate import interpolate
+    from bedgen.sampling.pipeline import load
     from synthetic import write_rooms
 
     pipe = load(str(tiny_checkpoint))
@@ -99,7 +99,7 @@ def _bedgen(*args) -> subprocess.CompletedProcess:
 
 
 def _in_process(capsys, *args) -> tuple[int, str, str]:
-    from bedgen.cli import main
+    from bedgen.cli.main import main
 
     code = main([str(arg) for arg in args])
     captured = capsys.readouterr()
@@ -215,9 +215,9 @@ def test_bedgen_runs_the_shim_before_anything_imports_torchvision():
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     order = [line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")]
-    assert "bedgen._torchvision_cpu" in order
+    assert "bedgen.core.torchvision_cpu" in order
     first_torchvision = next((i for i, name in enumerate(order) if name.split(".")[0] == "torchvision"), len(order))
-    assert order.index("bedgen._torchvision_cpu") < first_torchvision
+    assert order.index("bedgen.core.torchvision_cpu") < first_torchvision
 
 
 def test_the_torchvision_shim_stays_out_of_the_way_where_ops_load():
@@ -225,7 +225,7 @@ def test_the_torchvision_shim_stays_out_of_the_way_where_ops_load():
     install, where bedgen declared them: then they exist but have no kernel."""
     import torchvision
 
-    import bedgen._torchvision_cpu as shim
+    import bedgen.core.torchvision_cpu as shim
 
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [50.0, 50.0, 60.0, 60.0]])
     if torchvision.extension._has_ops():

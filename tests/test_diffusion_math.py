@@ -1,4 +1,4 @@
-"""bedgen.diffusion_math against independent float64 references written here from the papers.
+"""bedgen.maths.diffusion against independent float64 references written here from the papers.
 
 Every reference below is plain ``math`` / numpy float64 code transcribed from the
 formulas of Ho et al. 2020 (DDPM) and Nichol & Dhariwal 2021 (iDDPM); none calls the
@@ -16,7 +16,7 @@ import torch
 from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 
-from bedgen import diffusion_math as dm
+from bedgen.maths import diffusion as dm
 
 T = 100
 LN2 = math.log(2.0)

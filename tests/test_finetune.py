@@ -11,15 +11,16 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from bedgen.cli import main
-from bedgen.config import override
-from bedgen.errors import BedgenError
-from bedgen.finetune import (
-    CLASS_SEED, FinetuneRequest, PriorPreservationDataset, _runs, finetune_config, mean_pairwise_distance, nearest_distance,
-    open_training_data, run_finetune, source_config,
+from bedgen.cli.main import main
+from bedgen.config.overrides import override
+from bedgen.core.errors import BedgenError
+from bedgen.data.training_data import PriorPreservationDataset, open_training_data
+from bedgen.training.finetune import (
+    CLASS_SEED, FinetuneRequest, _runs, finetune_config, mean_pairwise_distance, nearest_distance, run_finetune,
+    source_config,
 )
-from bedgen.pipeline import load
-from bedgen.trainer import Trainer
+from bedgen.sampling.pipeline import load
+from bedgen.training.trainer import Trainer
 from conftest import (
     make_tiny_checkpoint, make_tiny_ldm_checkpoint, make_tiny_score_checkpoint, make_tiny_vae_checkpoint,
     save_random_backbone,
@@ -89,7 +90,7 @@ def test_class_images_are_the_source_models_seeded_samples(with_prior, source):
 
 
 def test_fine_tuned_model_samples_with_a_seed_and_is_listed(with_prior):
-    from bedgen.registry import local_models
+    from bedgen.storage.registry import local_models
 
     pipe = load(str(with_prior))
     a, b = pipe.generate(2, seed=5), pipe.generate(2, seed=5)
@@ -153,7 +154,7 @@ def test_pairs_carry_their_loss_weights_through_the_trainer(root, source):
 def _denoising_loss(ref: str, folder: Path, t: int = 10) -> float:
     """The model's ε-MSE on a folder's images at a low noise level (where the images, not
     the noise, decide the loss), fixed noise."""
-    from bedgen.data import DataConfig, open_dataset
+    from bedgen.data.datasets import DataConfig, open_dataset
 
     pipe = load(ref)
     images = open_dataset(DataConfig(source=str(folder)), pipe.info.config.resolution)

@@ -393,7 +393,7 @@ def test_public_app_trains_only_behind_a_login(tmp_path):
 
 
 def test_model_policy_confines_local_models_and_hub_ids(tmp_path):
-    from bedgen.errors import BedgenError
+    from bedgen.core.errors import BedgenError
     from bedgen.ui.security import ModelPolicy
 
     checkpoints = tmp_path / "checkpoints"

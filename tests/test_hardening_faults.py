@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import bedgen
-from bedgen.checkpoint import latest_in_run
-from bedgen.cli import main
-from bedgen.errors import ModelNotFoundError
+from bedgen.storage.checkpoint import latest_in_run
+from bedgen.cli.main import main
+from bedgen.core.errors import ModelNotFoundError
 from conftest import make_tiny_checkpoint
 from hubserver import FakeHub, isolate_hf_hub
 from synthetic import write_rooms
@@ -177,7 +177,7 @@ def test_a_kill_while_pruning_never_leaves_a_broken_checkpoint(tmp_path, monkeyp
 
 def test_a_kill_before_the_first_checkpoint_resumes_from_scratch(tmp_path, monkeypatch):
     """Killed after bedgen-run.json is written but before any checkpoint: --resume starts over."""
-    from bedgen.trainer import Trainer
+    from bedgen.training.trainer import Trainer
 
     data = tmp_path / "rooms"
     write_rooms(data, 8, size=20)

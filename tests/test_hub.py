@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import bedgen
-from bedgen.errors import ModelNotFoundError
-from bedgen.hub import parse_hub_ref
+from bedgen.core.errors import ModelNotFoundError
+from bedgen.core.hub import parse_hub_ref
 
 from conftest import make_tiny_checkpoint
 from hubserver import FakeHub, isolate_hf_hub
@@ -97,7 +97,7 @@ def test_unknown_repo_and_revision(two_revisions):
 
 
 def test_cli_samples_from_a_hub_revision(two_revisions, tmp_path):
-    from bedgen.cli import main
+    from bedgen.cli.main import main
 
     out = tmp_path / "samples"
     assert main(["sample", "--model", "org/tiny@v1", "-n", "2", "--steps", "2", "--out", str(out)]) == 0

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 import bedgen
-from bedgen.checkpoint import save_checkpoint
-from bedgen.diffusion_math import Schedule
-from bedgen.errors import BedgenError
-from bedgen.interpolate import ddim_grid, interpolate, slerp
-from bedgen.modeling import build_training_scheduler, build_unet
+from bedgen.storage.checkpoint import save_checkpoint
+from bedgen.maths.diffusion import Schedule
+from bedgen.core.errors import BedgenError
+from bedgen.sampling.interpolate import ddim_grid, interpolate, slerp
+from bedgen.models.unet import build_training_scheduler, build_unet
 from conftest import make_tiny_checkpoint, tiny_config
 from synthetic import write_rooms
 from test_checkpoint import write_consistency_layout

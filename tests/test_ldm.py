@@ -8,14 +8,15 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, LDMPipeline, VQModel
 
 import bedgen
-from bedgen.config import override, preset
-from bedgen.data import open_dataset
-from bedgen.errors import BedgenError
+from bedgen.config.overrides import override
+from bedgen.config.schema import preset
+from bedgen.data.datasets import open_dataset
+from bedgen.core.errors import BedgenError
 from bedgen.families.ldm import scale_from_data
-from bedgen.interpolate import interpolate
-from bedgen.neighbours import LpipsIndex
-from bedgen.registry import local_models
-from bedgen.trainer import Trainer
+from bedgen.sampling.interpolate import interpolate
+from bedgen.evaluation.neighbours import LpipsIndex
+from bedgen.storage.registry import local_models
+from bedgen.training.trainer import Trainer
 
 from conftest import build_room_index
 from hubserver import FakeHub, isolate_hf_hub
@@ -88,7 +89,7 @@ def test_trains_with_the_one_trainer_and_records_the_latent_scale(trained, rooms
     latest = trained / json.loads((trained / "bedgen-run.json").read_text())["latest"]
     recorded = json.loads((latest / "bedgen.json").read_text())["config"]["latent"]["scaling_factor"]
     config = ldm_config(rooms, kl_autoencoder)
-    expected = scale_from_data(bedgen.autoencoders.load_autoencoder(str(kl_autoencoder)),
+    expected = scale_from_data(bedgen.storage.checkpoint.load_autoencoder(str(kl_autoencoder)),
                                open_dataset(config.data, 16, "train"))
     assert recorded == pytest.approx(expected, rel=1e-6)
     assert json.loads((latest / "vqvae" / "config.json").read_text())["scaling_factor"] == pytest.approx(recorded)
@@ -211,13 +212,13 @@ def test_latent_cache_follows_the_same_loss_curve_as_encoding_every_step(kind, r
 def test_latent_cache_rows_are_the_encoders_output(root, rooms, kl_autoencoder):
     from bedgen.families.ldm import LatentCache
 
-    model = bedgen.autoencoders.load_autoencoder(str(kl_autoencoder))
+    model = bedgen.storage.checkpoint.load_autoencoder(str(kl_autoencoder))
     data = open_dataset(ldm_config(rooms, kl_autoencoder).data, 16, "train")
     cache = LatentCache.build(model, data, mirrored=True, batch_size=5, progress=False)
     x = data[7]["image"][None].float() / 127.5 - 1
     with torch.no_grad():
-        plain = bedgen.autoencoders.posterior_parameters(model, x)
-        mirrored = bedgen.autoencoders.posterior_parameters(model, x.flip(-1))
+        plain = bedgen.models.autoencoders.posterior_parameters(model, x)
+        mirrored = bedgen.models.autoencoders.posterior_parameters(model, x.flip(-1))
     rows = torch.tensor([7, 7])
     picked = cache.lookup(rows, torch.tensor([False, True]))
     assert torch.allclose(picked[0], plain[0], atol=1e-5) and torch.allclose(picked[1], mirrored[0], atol=1e-5)

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 import bedgen
-from bedgen.cli import main
-from bedgen.errors import BedgenError
-from bedgen.metrics import (
+from bedgen.cli.main import main
+from bedgen.core.errors import BedgenError
+from bedgen.evaluation.metrics import (
     ReferenceStats, _FeatureStats, compute_reference_stats, evaluate, frechet_distance, shard,
 )
 
@@ -352,7 +352,7 @@ def test_training_fid_under_accelerate_launch_with_two_processes(rooms, stats64,
 
 
 def test_training_fid_events_for_the_app(rooms, stats64, weights, tmp_path):
-    from bedgen.trainer import Trainer
+    from bedgen.training.trainer import Trainer
 
     from conftest import tiny_config
 

@@ -23,12 +23,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bedgen.data import preprocess
-from bedgen.errors import BedgenError
-from bedgen.neighbours import (
-    MEMORISATION_FACTOR, NON_STANDARD_NOTE, LpipsEmbedder, LpipsIndex, build_index, find_indexes,
-    load_neighbour_image, shared_embedder,
+from bedgen.data.datasets import preprocess
+from bedgen.core.errors import BedgenError
+from bedgen.evaluation.neighbours import (
+    MEMORISATION_FACTOR, NON_STANDARD_NOTE, LpipsIndex, build_index, find_indexes, load_neighbour_image,
 )
+from bedgen.models.lpips import LpipsEmbedder, shared_embedder
 from synthetic import write_rooms
 
 RESOLUTION = 32
@@ -462,7 +462,7 @@ def bedgen(*args):
 
 @pytest.mark.slow
 def test_cli_index_then_neighbours(root, rooms, alex_weights, tmp_path, capsys):
-    from bedgen.cli import main
+    from bedgen.cli.main import main
 
     out = tmp_path / "cli-index"
     # index in this process (its output is all that differs), neighbours as a user runs it
@@ -480,7 +480,7 @@ def test_cli_index_then_neighbours(root, rooms, alex_weights, tmp_path, capsys):
 
 
 def test_cli_neighbours_of_a_missing_index_exits_2(tmp_path, rooms, capsys):
-    from bedgen.cli import main
+    from bedgen.cli.main import main
 
     assert main(["neighbours", "--index", str(tmp_path / "gone"), "--image", str(rooms[0])]) == 2
     err = capsys.readouterr().err
@@ -488,7 +488,7 @@ def test_cli_neighbours_of_a_missing_index_exits_2(tmp_path, rooms, capsys):
 
 
 def test_cli_bad_inputs_exit_2_with_one_line(index, rooms, tmp_path, capsys):
-    from bedgen.cli import main
+    from bedgen.cli.main import main
 
     (tmp_path / "notes.png").write_text("not an image")
     cases = [

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import bedgen
-from bedgen.device import cpu_has_bf16, resolve
-from bedgen.errors import BedgenError
-from bedgen.pipeline import MAX_SEED
+from bedgen.core.device import cpu_has_bf16, resolve
+from bedgen.core.errors import BedgenError
+from bedgen.sampling.pipeline import MAX_SEED
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,51 @@ def test_impossible_placements_are_clear_errors(pipe):
     if not torch.cuda.is_available():
         with pytest.raises(BedgenError, match="no CUDA GPU is visible"):
             pipe.generate(1, device="cuda")
+
+
+def test_two_concurrent_requests_on_one_cached_model_keep_their_own_settings(tmp_path):
+    """The app shares one pipeline between requests (BEDGEN_CONCURRENCY=2 runs two at once): a
+    second request's settings must not leak into the first one's later batches."""
+    import threading
+
+    from conftest import make_tiny_score_checkpoint
+
+    pipe = bedgen.load(str(make_tiny_score_checkpoint(tmp_path / "smld")))
+    kwargs = dict(steps=3, scheduler="langevin", batch_size=1, dtype="fp32")
+    alone_a = pipe.generate(2, seed=1, step_size=1e-5, **kwargs)
+    alone_b = pipe.generate(1, seed=9, step_size=3e-4, **kwargs)
+    leaked = pipe.generate(2, seed=1, step_size=3e-4, **kwargs)
+    assert leaked[1].tobytes() != alone_a[1].tobytes()  # B's step size would show in A's images
+
+    b_started, a_finished = threading.Event(), threading.Event()
+    results, errors = {}, []
+
+    def first_request():
+        def hold_until_b_runs(done, total):
+            if done == 1:  # after A's first batch has begun, let B start and run before A goes on
+                assert b_started.wait(120), "the second request never started"
+        try:
+            results["a"] = pipe.generate(2, seed=1, step_size=1e-5, progress=hold_until_b_runs, **kwargs)
+        except BaseException as e:  # reported below, not lost in the thread
+            errors.append(e)
+        finally:
+            a_finished.set()
+
+    def second_request():
+        def started(done, total):
+            b_started.set()
+        try:
+            results["b"] = pipe.generate(1, seed=9, step_size=3e-4, progress=started, **kwargs)
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            b_started.set()
+
+    threads = [threading.Thread(target=first_request), threading.Thread(target=second_request)]
+    threads[0].start()
+    threads[1].start()
+    for thread in threads:
+        thread.join(300)
+    assert not errors, errors
+    assert [im.tobytes() for im in results["a"]] == [im.tobytes() for im in alone_a]
+    assert [im.tobytes() for im in results["b"]] == [im.tobytes() for im in alone_b]

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import bedgen
-from bedgen.checkpoint import BEDGEN_JSON
-from bedgen.cli import main
+from bedgen.storage.checkpoint import BEDGEN_JSON
+from bedgen.cli.main import main
 
 from conftest import make_tiny_checkpoint, make_tiny_ldm_checkpoint, make_tiny_score_checkpoint, make_tiny_vae_checkpoint
 from hubserver import FakeHub, isolate_hf_hub, set_hf_endpoint
@@ -179,7 +179,7 @@ def _consistency(path: Path) -> Path:
 
 
 def test_every_pipeline_layout_loads_from_the_hub_in_plain_diffusers(hub, tmp_path):
-    from bedgen.publish import push_model
+    from bedgen.sharing.publish import push_model
 
     layouts = {"DDPMPipeline": planted_checkpoint, "ScoreSdeVePipeline": make_tiny_score_checkpoint,
                "LDMPipeline": make_tiny_ldm_checkpoint, "ConsistencyModelPipeline": _consistency}
@@ -201,7 +201,7 @@ def test_every_pipeline_layout_loads_from_the_hub_in_plain_diffusers(hub, tmp_pa
 def test_vae_pushes_as_an_autoencoder_folder(hub, tmp_path):
     from huggingface_hub import snapshot_download
     from diffusers import AutoencoderKL
-    from bedgen.publish import push_model
+    from bedgen.sharing.publish import push_model
 
     local = make_tiny_vae_checkpoint(tmp_path / "vae")
     push_model(local, "alice/vae", samples=2)
@@ -213,8 +213,8 @@ def test_vae_pushes_as_an_autoencoder_folder(hub, tmp_path):
 
 
 def test_pushed_models_are_listed(hub, tmp_path, capsys):
-    from bedgen.publish import push_model
-    from bedgen.registry import pushed_models
+    from bedgen.sharing.publish import push_model
+    from bedgen.storage.registry import pushed_models
 
     local = make_tiny_checkpoint(tmp_path / "tiny")
     result = push_model(local, "acme/listed", samples=0, revision="v2", private=True)
@@ -229,7 +229,7 @@ def test_pushed_models_are_listed(hub, tmp_path, capsys):
 
 
 def test_revision_branch_and_pull(hub, tmp_path):
-    from bedgen.publish import push_model
+    from bedgen.sharing.publish import push_model
 
     main_model = make_tiny_checkpoint(tmp_path / "a", seed=0)
     v2_model = make_tiny_checkpoint(tmp_path / "b", seed=1)
@@ -394,7 +394,7 @@ def test_bad_revisions_and_pull_errors(hub, tmp_path, capsys):
 
 
 def test_redact_paths_and_secrets_anywhere():
-    from bedgen.redact import redact, redact_file
+    from bedgen.core.redact import redact, redact_file
 
     secrets = ["Sup3r-Secret-Value"]
     value = {

@@ -11,8 +11,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from bedgen.errors import BedgenError
-from bedgen.schedulers import check_steps, default_sampler, make_scheduler, samplers_for
+from bedgen.core.errors import BedgenError
+from bedgen.sampling.schedulers import check_steps, default_sampler, make_scheduler, samplers_for
 
 TRAINING = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
 

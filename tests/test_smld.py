@@ -8,10 +8,10 @@ import torch
 from diffusers import DiffusionPipeline, ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
 
 import bedgen
-from bedgen import score_math as sm
-from bedgen.errors import BedgenError
-from bedgen.registry import local_models
-from bedgen.trainer import Trainer
+from bedgen.maths import score as sm
+from bedgen.core.errors import BedgenError
+from bedgen.storage.registry import local_models
+from bedgen.training.trainer import Trainer
 
 from conftest import tiny_config
 from hubserver import FakeHub, isolate_hf_hub

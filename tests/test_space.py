@@ -14,8 +14,8 @@ import pytest
 from huggingface_hub import SpaceCard, snapshot_download
 
 import bedgen
-from bedgen.cli import main
-from bedgen.publish import push_model
+from bedgen.cli.main import main
+from bedgen.sharing.publish import push_model
 
 from conftest import free_port, make_tiny_checkpoint
 from hubserver import FakeHub, isolate_hf_hub

@@ -12,9 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from bedgen.cli import main
-from bedgen.errors import BedgenError
-from bedgen.sweep import collect, find_sweeps, load_sweep, parse_sweep, plan, run_sweep, write_report
+from bedgen.cli.main import main
+from bedgen.core.errors import BedgenError
+from bedgen.sweeps.report import write_report
+from bedgen.sweeps.sweep import collect, find_sweeps, load_sweep, parse_sweep, plan, run_sweep
 
 from synthetic import write_rooms
 
@@ -78,7 +79,7 @@ def rooms(tmp_path_factory) -> Path:
 def fid_settings(tmp_path_factory, rooms) -> dict:
     """In-training FID on 4 samples against the rooms' statistics, with random Inception
     weights written here (64-d features: cheap and full-rank enough for a tiny test)."""
-    from bedgen.metrics import compute_reference_stats
+    from bedgen.evaluation.metrics import compute_reference_stats
 
     from conftest import save_random_inception
 
@@ -263,7 +264,7 @@ def test_one_at_a_time_plans_each_group_alone_around_the_base():
 
 
 def test_shipped_sweeps_parse_and_plan():
-    from bedgen.config import PRESETS
+    from bedgen.config.schema import PRESETS
 
     grid = plan(load_sweep(REPO / "train" / "sweeps" / "ddpm-lr-opt-size.yaml"))
     assert len(grid) == 3 * 2 * 3 * 5

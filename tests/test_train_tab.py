@@ -6,7 +6,7 @@ import pytest
 import torch
 from gradio_client import Client
 
-from bedgen.device import training_precision
+from bedgen.core.device import training_precision
 
 from conftest import AppProcess, make_tiny_checkpoint, save_random_backbone
 from synthetic import write_rooms
@@ -91,7 +91,7 @@ def test_bad_train_requests_are_refused(train_app, data, name, message):
 
 
 def test_ldm_presets_take_an_autoencoder_confined_to_the_checkpoints(train_app, tmp_path):
-    from bedgen.errors import BedgenError
+    from bedgen.core.errors import BedgenError
     from bedgen.ui.settings import AppSettings
     from bedgen.ui.train import check_request
 

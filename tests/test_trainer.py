@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 import bedgen
-from bedgen.cli import train_config_from_args
-from bedgen.errors import BedgenError
-from bedgen.trainer import Trainer, TrainingDiverged
+from bedgen.cli.main import train_config_from_args
+from bedgen.core.errors import BedgenError
+from bedgen.training.trainer import Trainer, TrainingDiverged
 
 from conftest import tiny_config
 from synthetic import write_rooms
@@ -243,7 +243,7 @@ def test_existing_run_needs_resume(rooms, tmp_path):
 
 
 def test_cli_exit_codes(rooms, tmp_path):
-    from bedgen.cli import main
+    from bedgen.cli.main import main
 
     assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 2
     lmdb_dir = tmp_path / "not-lsun"
@@ -255,7 +255,7 @@ def test_cli_exit_codes(rooms, tmp_path):
 
 
 def test_preset_files_in_train_match_the_presets():
-    from bedgen.config import PRESETS
+    from bedgen.config.schema import PRESETS
 
     folder = Path(__file__).resolve().parent.parent / "train" / "presets"
     assert sorted(p.stem for p in folder.glob("*.json")) == sorted(PRESETS)
@@ -264,7 +264,7 @@ def test_preset_files_in_train_match_the_presets():
 
 
 def test_prepare_then_train_from_the_shards_cli(rooms, tmp_path, capsys):
-    from bedgen.cli import main
+    from bedgen.cli.main import main
 
     assert main(["prepare", "--src", str(rooms), "--out", str(tmp_path / "shards"), "--resolution", "16"]) == 0
     assert "wrote 48 images at 16 px" in capsys.readouterr().out

@@ -5,7 +5,7 @@ import logging
 import gradio as gr
 import pytest
 
-from bedgen.errors import BedgenError
+from bedgen.core.errors import BedgenError
 from bedgen.ui.errors import QUOTE_LIMIT, clipped_message, reported, toast_text
 
 

@@ -9,15 +9,16 @@ import torch
 from diffusers import AutoencoderKL, VQModel
 
 import bedgen
-from bedgen import autoencoders as ae
-from bedgen.cli import main
-from bedgen.config import override, preset
-from bedgen.data import open_dataset
-from bedgen.errors import BedgenError
+from bedgen.models import autoencoders as ae
+from bedgen.cli.main import main
+from bedgen.config.overrides import override
+from bedgen.config.schema import preset
+from bedgen.data.datasets import open_dataset
+from bedgen.core.errors import BedgenError
 from bedgen.families.vae import AutoencoderFamily
-from bedgen.interpolate import interpolate
-from bedgen.registry import local_models
-from bedgen.trainer import Trainer
+from bedgen.sampling.interpolate import interpolate
+from bedgen.storage.registry import local_models
+from bedgen.training.trainer import Trainer
 
 from conftest import save_random_backbone
 from synthetic import write_rooms
@@ -111,7 +112,7 @@ def test_trains_with_the_one_trainer_and_reloads_as_a_vae(trained):
               if '"loss"' in line]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     pipe = bedgen.load(str(trained))
-    assert isinstance(pipe, bedgen.pipeline.AutoencoderPipeline)
+    assert isinstance(pipe, bedgen.sampling.pipeline.AutoencoderPipeline)
     assert pipe.info.family == "vae" and pipe.resolution == 16 and pipe.latent_shape == (4, 4, 4)
     assert pipe.samplers == ["prior"] and (trained / "previews" / "latest.png").is_file()
     latest = json.loads((trained / "bedgen-run.json").read_text())["latest"]
@@ -245,7 +246,7 @@ def test_scaling_factor_is_one_over_the_latent_std():
 
 def test_vae_and_ldm_are_evaluated_by_the_same_fid_code(trained, rooms, tmp_path, monkeypatch):
     """The reference "VAE vs DDPM" comparison: bedgen eval on a vae checkpoint, stored in its bedgen.json."""
-    from bedgen.metrics import evaluate
+    from bedgen.evaluation.metrics import evaluate
 
     from conftest import make_tiny_ldm_checkpoint, save_random_inception
 

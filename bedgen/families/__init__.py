@@ -6,8 +6,8 @@ family is small and every family trains through the same loop.
 
 from __future__ import annotations
 
-from ..config import BedgenConfig
-from ..errors import BedgenError
+from ..config.schema import BedgenConfig
+from ..core.errors import BedgenError
 from .ddpm import DiffusionFamily
 from .ldm import LatentDiffusionFamily
 from .smld import ScoreFamily

@@ -1,7 +1,7 @@
 """What every family shares: how its network is sampled and saved.
 
 The trainer calls these instead of knowing about UNets or autoencoders, so the
-one training loop serves every family (DESIGN.md: latent = pixel + encoder).
+one training loop serves every family (docs/architecture.md: latent = pixel + encoder).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from ..core.images import to_signed
 
 
 def as_saved(scheduler: Any) -> Any:
@@ -35,7 +37,7 @@ class FamilyHooks:
                indices: torch.Tensor | None = None) -> torch.Tensor:
         """What the loss sees, from uint8 images (B, 3, R, R): pixels in [-1, 1], mirrored where
         ``flip``. ``indices`` (training-set rows) let a family use what it computed in prepare()."""
-        x = images.float() / 127.5 - 1  # [0, 255] -> [-1, 1]
+        x = to_signed(images)
         if flip is not None:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x
@@ -57,7 +59,7 @@ class UNetFamily(FamilyHooks):
 
     def load_network(self, ref: str) -> torch.nn.Module:
         """The trained network of the model ``ref`` (fine-tuning starts from it)."""
-        from ..checkpoint import load_checkpoint
+        from ..storage.checkpoint import load_checkpoint
 
         return load_checkpoint(ref)[0]
 
@@ -70,13 +72,13 @@ class UNetFamily(FamilyHooks):
         return pipe.generate(count, seed=0, device=device)
 
     def pipeline(self, model: torch.nn.Module, info: Any) -> Any:
-        from ..pipeline import Pipeline
+        from ..sampling.pipeline import Pipeline
 
         return Pipeline(model, as_saved(self.training_scheduler()), info, autoencoder=self.autoencoder())
 
     def write_checkpoint(self, path: Path, model: torch.nn.Module, config: Any, metadata: dict[str, Any],
                          extra: Callable[[Path], None] | None = None) -> Path:
-        from ..checkpoint import save_checkpoint
+        from ..storage.checkpoint import save_checkpoint
 
         return save_checkpoint(path, model, self.training_scheduler(), config, metadata=metadata, extra=extra,
                                autoencoder=self.autoencoder())

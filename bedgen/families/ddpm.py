@@ -8,9 +8,9 @@ import torch
 from diffusers import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .. import diffusion_math as dm
-from ..config import BedgenConfig
-from ..modeling import build_training_scheduler, build_unet
+from ..maths import diffusion as dm
+from ..config.schema import BedgenConfig
+from ..models.unet import build_training_scheduler, build_unet
 from .base import UNetFamily
 
 

@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import autoencoders as ae
-from ..config import BedgenConfig
-from ..errors import BedgenError
+from ..models import autoencoders as ae
+from ..storage.checkpoint import load_autoencoder
+from ..config.schema import BedgenConfig
+from ..core.errors import BedgenError
+from ..core.images import to_signed
 from .ddpm import DiffusionFamily
 
 SCALE_SEED = 0
@@ -49,7 +51,7 @@ class LatentDiffusionFamily(DiffusionFamily):
                 "ldm needs an autoencoder: --set latent.autoencoder=REF (a local folder or Hub id of an "
                 "AutoencoderKL/VQModel, e.g. a run of --preset autoencoder-kl)"
             )
-        model = ae.load_autoencoder(latent.autoencoder)
+        model = load_autoencoder(latent.autoencoder)
         check_fits(model, self.config)
         return model
 
@@ -97,7 +99,7 @@ class LatentCache:
         bar = tqdm(total=len(dataset), desc="encoding latents", unit="img", dynamic_ncols=True, disable=not progress)
         for start in range(0, len(dataset), batch_size):
             stop = min(start + batch_size, len(dataset))
-            x = torch.stack([dataset[i]["image"] for i in range(start, stop)]).to(device).float() / 127.5 - 1
+            x = to_signed(torch.stack([dataset[i]["image"] for i in range(start, stop)]).to(device))
             views = [x, x.flip(-1)] if mirrored else [x]
             rows.append(torch.stack([ae.posterior_parameters(model, v).float().cpu() for v in views], dim=1))
             bar.update(stop - start)
@@ -148,6 +150,6 @@ def scale_from_data(model: ae.Autoencoder, dataset: Any, count: int = ae.SCALE_S
 
     def images(start: int) -> torch.Tensor:
         picked = rows[start : start + batch]
-        return torch.stack([dataset[int(i)]["image"] for i in picked]).float() / 127.5 - 1
+        return to_signed(torch.stack([dataset[int(i)]["image"] for i in picked]))
 
     return ae.estimate_scaling_factor(model, images, count, batch)

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from diffusers import ScoreSdeVeScheduler, UNet2DModel
 
-from .. import score_math as sm
-from ..config import BedgenConfig
-from ..errors import BedgenError
-from ..modeling import build_unet
+from ..maths import score as sm
+from ..config.schema import BedgenConfig
+from ..core.errors import BedgenError
+from ..models.unet import build_unet
 from .base import UNetFamily
 
 # Images used to measure σ_max: the maximum pairwise distance saturates quickly.
@@ -101,25 +101,4 @@ class ScoreFamily(UNetFamily):
         return losses, levels, losses.detach()
 
 
-def sampling_ladder(scheduler: ScoreSdeVeScheduler, levels: int) -> torch.Tensor:
-    """``levels`` geometric σ's between the model's σ_max and σ_min (fewer levels = faster)."""
-    c = scheduler.config
-    return sm.sigma_ladder(float(c.sigma_max), float(c.sigma_min), levels).float()
-
-
-def is_score_scheduler(scheduler: Any) -> bool:
-    return isinstance(scheduler, ScoreSdeVeScheduler)
-
-
-def langevin_evals(levels: int, steps_per_level: int, denoise: bool) -> int:
-    return levels * steps_per_level + int(denoise)
-
-
-def pc_evals(levels: int, corrector_steps: int) -> int:
-    return levels * (corrector_steps + 1)
-
-
-__all__ = [
-    "ScoreFamily", "build_score_scheduler", "is_score_scheduler", "langevin_evals", "pc_evals",
-    "sampling_ladder", "sigma_max_of", "to_unit",
-]
+__all__ = ["ScoreFamily", "build_score_scheduler", "sigma_max_of", "to_unit"]

@@ -20,8 +20,9 @@ from typing import Any, Callable
 import torch
 from diffusers import VQModel
 
-from .. import autoencoders as ae
-from ..config import BedgenConfig
+from ..models import autoencoders as ae
+from ..storage.checkpoint import load_autoencoder
+from ..config.schema import BedgenConfig
 from .base import FamilyHooks
 
 
@@ -60,7 +61,7 @@ class AutoencoderFamily(FamilyHooks):
 
     def load_network(self, ref: str) -> ae.Autoencoder:
         """The trained autoencoder of the model ``ref`` (fine-tuning starts from it)."""
-        return ae.load_autoencoder(ref)
+        return load_autoencoder(ref)
 
     def loss(
         self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator
@@ -88,20 +89,20 @@ class AutoencoderFamily(FamilyHooks):
         return losses, zeros, losses.detach()
 
     def pipeline(self, model: torch.nn.Module, info: Any) -> Any:
-        from ..pipeline import AutoencoderPipeline
+        from ..sampling.pipeline import AutoencoderPipeline
 
         return AutoencoderPipeline(model, info)
 
     def write_checkpoint(self, path: Path, model: torch.nn.Module, config: Any, metadata: dict[str, Any],
                          extra: Callable[[Path], None] | None = None) -> Path:
-        from ..checkpoint import save_autoencoder_checkpoint
+        from ..storage.checkpoint import save_autoencoder_checkpoint
 
         return save_autoencoder_checkpoint(path, model, config, metadata=metadata, extra=extra)
 
 
 def check_perceptual_resolution(resolution: int) -> None:
-    from ..errors import BedgenError
-    from ..neighbours import MIN_RESOLUTION
+    from ..core.errors import BedgenError
+    from ..models.lpips import MIN_RESOLUTION
 
     if resolution < MIN_RESOLUTION["alex"]:
         raise BedgenError(
@@ -112,6 +113,6 @@ def check_perceptual_resolution(resolution: int) -> None:
 
 def perceptual_model(weights: str | None) -> torch.nn.Module:
     """LPIPS (AlexNet) as a frozen, differentiable loss; the backbone from ``weights`` or torchvision."""
-    from ..neighbours import lpips_network
+    from ..models.lpips import lpips_network
 
     return lpips_network("alex", weights).requires_grad_(False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from ..pipeline import Pipeline, load
+from ..sampling.pipeline import Pipeline, load
 from .security import ModelPolicy
 
 

@@ -40,7 +40,7 @@ class ImageUpload(gr.Image):
 
     Stock ``gr.Image`` opens every upload with PIL before the event runs, so a
     non-image, a truncated file or a decompression bomb fails inside Gradio with a
-    generic message. bedgen decodes it instead (``bedgen.images.load_image``) and
+    generic message. bedgen decodes it instead (``bedgen.core.images.load_image``) and
     says what is wrong. Base64 data URLs (clipboard) are passed on as bytes, within
     the upload size limit.
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import gradio as gr
 from gradio.context import LocalContext
 
-from ..errors import BedgenError
+from ..core.errors import BedgenError
 
 log = logging.getLogger("bedgen.ui")
 

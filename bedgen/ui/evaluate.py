@@ -10,10 +10,10 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image
 
-from ..errors import BedgenError
-from ..metrics import METRICS, evaluate, parse_metrics, record_result
-from ..schedulers import ALL_SAMPLERS
-from ..sweep import find_sweeps
+from ..core.errors import BedgenError
+from ..evaluation.metrics import METRICS, evaluate, parse_metrics, record_result
+from ..sampling.schedulers import ALL_SAMPLERS
+from ..sweeps.sweep import find_sweeps
 from .cache import PipelineCache
 from .components import RawNumber, RawSlider, on_gpu
 from .errors import listen

@@ -13,11 +13,11 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image
 
-from ..errors import BedgenError
-from ..hub import parse_hub_ref
-from ..pipeline import MAX_SEED
-from ..registry import CURATED_HUB_MODELS, all_models, local_models
-from ..schedulers import ALL_SAMPLERS
+from ..core.errors import BedgenError
+from ..core.hub import parse_hub_ref
+from ..sampling.pipeline import MAX_SEED
+from ..sampling.schedulers import ALL_SAMPLERS
+from ..storage.registry import CURATED_HUB_MODELS, all_models, local_models
 from .cache import PipelineCache
 from .components import RawNumber, RawSlider, on_gpu
 from .display import display_gallery, enlarged_items

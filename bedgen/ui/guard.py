@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import BedgenError
+from ..core.errors import BedgenError
 from .settings import AppSettings, _env_int
 
 if TYPE_CHECKING:

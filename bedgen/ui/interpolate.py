@@ -13,9 +13,9 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from ..errors import BedgenError
-from ..interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS, InterpolationResult, interpolate
-from ..pipeline import MAX_SEED
+from ..core.errors import BedgenError
+from ..sampling.interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS, InterpolationResult, interpolate
+from ..sampling.pipeline import MAX_SEED
 from .cache import PipelineCache
 from .components import ImageUpload, RawNumber, RawSlider, gallery_image, on_gpu
 from .display import display_gallery, display_image, enlarged, enlarged_items

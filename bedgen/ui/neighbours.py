@@ -10,10 +10,10 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from ..data import preprocess
-from ..errors import BedgenError
-from ..images import load_image
-from ..neighbours import NON_STANDARD_NOTE, LpipsIndex, SearchResult, find_indexes, load_neighbour_image
+from ..core.errors import BedgenError
+from ..core.images import load_image
+from ..data.datasets import preprocess
+from ..evaluation.neighbours import NON_STANDARD_NOTE, LpipsIndex, SearchResult, find_indexes, load_neighbour_image
 from .components import ImageUpload, RawSlider, gallery_image
 from .display import display_gallery, enlarged_items
 from .errors import listen

@@ -1,37 +1,37 @@
 """The Train tab's "Push to the Hub": publish the tab's finished run as ``bedgen push`` does.
 
 Built only inside the Train tab, so an app without training has no push route at all. The
-push is :func:`bedgen.publish.push_model` itself (token check, redaction, card, one
+push is :func:`bedgen.sharing.publish.push_model` itself (token check, redaction, card, one
 commit); the token is the server's (``HF_TOKEN`` or ``hf auth login``), never taken from
 or shown to the page, so whoever may train here may publish with it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import gradio as gr
 
-from ..errors import BedgenError
+from ..core.errors import BedgenError
 from .errors import listen
 from .security import without_server_paths
 from .settings import AppSettings
 
 if TYPE_CHECKING:
-    from ..publish import PushResult
-    from .train import TrainingJobs
+    from ..sharing.publish import PushResult
 
 
 
-def push_run(settings: AppSettings, jobs: "TrainingJobs", repo: Any, private: Any,
+def push_run(settings: AppSettings, finished_run: Callable[[], Path], repo: Any, private: Any,
              progress: Callable[[int, int, str], None] | None = None) -> "PushResult":
     """Push the tab's last run, once it has stopped, to ``repo`` (ORG/NAME); raises BedgenError."""
-    from ..publish import check_repo_id, push_model
+    from ..sharing.publish import check_repo_id, push_model
 
     repo_id = check_repo_id(repo, "repo name")
     if not isinstance(private, bool):
         raise BedgenError(f"private must be true or false, got {private!r}")
-    run = jobs.finished_run()
+    run = finished_run()
     try:
         return push_model(run, repo_id, private=private, progress=progress)
     except BedgenError as e:  # e.g. "'<run folder>' has no checkpoint yet": name it as the page knows it
@@ -47,8 +47,10 @@ def push_summary(result: "PushResult") -> str:
             f"`{result.ref}`")
 
 
-def build_push_section(settings: AppSettings, jobs: "TrainingJobs", model_dropdown: gr.Dropdown) -> gr.Accordion:
-    """Lay out the section and wire its event; returns it so the status poll can show it once a run stops."""
+def build_push_section(settings: AppSettings, finished_run: Callable[[], Path], model_dropdown: gr.Dropdown
+                       ) -> gr.Accordion:
+    """Lay out the section and wire its event; returns it so the status poll can show it once a run stops.
+    ``finished_run`` gives the stopped run's folder (BedgenError while none has stopped)."""
     from .generate import model_choices
 
     with gr.Accordion("Push to the Hub", open=True, visible=False, elem_id="push-section") as section:
@@ -66,7 +68,7 @@ def build_push_section(settings: AppSettings, jobs: "TrainingJobs", model_dropdo
         def report(done: int, total: int, stage: str) -> None:
             progress((done, total), desc=stage)
 
-        pushed = push_run(settings, jobs, repo_id, is_private, report)
+        pushed = push_run(settings, finished_run, repo_id, is_private, report)
         return push_summary(pushed), gr.Dropdown(choices=model_choices(settings))
 
     # One push at a time: it samples the grid and uploads; Generate keeps its own slots.

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import BedgenError
-from ..hub import HubRef, hub_cache, inside, require_hub_ref
+from ..core.errors import BedgenError
+from ..core.hub import HubRef, hub_cache, inside, require_hub_ref
 
 __all__ = ["ModelPolicy", "inside", "local_folder", "parse_auth", "without_server_paths"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..registry import CURATED_HUB_MODELS, DEFAULT_MODEL, checkpoints_dir
+from ..storage.registry import CURATED_HUB_MODELS, DEFAULT_MODEL, checkpoints_dir
 from .security import ModelPolicy, parse_auth
 
 

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..config import PRESETS
-from ..errors import BedgenError
-from ..hub import parse_hub_ref
+from ..config.schema import PRESETS
+from ..core.errors import BedgenError
+from ..core.hub import parse_hub_ref
 from .components import RawNumber, RawSlider
 from .errors import listen
 from .security import inside, local_folder
@@ -266,14 +266,14 @@ def _check_data_source(settings: AppSettings, data: Any) -> str:
 
 
 def _local_refs(settings: AppSettings) -> list[str]:
-    from ..registry import local_models
+    from ..storage.registry import local_models
 
     return [entry.ref for entry in local_models(settings.checkpoints)]
 
 
 def finetune_summary(run: Path) -> str | None:
     """The fine-tune report as one line, once the run has written it."""
-    from ..finetune import REPORT_JSON
+    from ..training.finetune import REPORT_JSON
 
     try:
         report = json.loads((run / REPORT_JSON).read_text())
@@ -390,7 +390,7 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
             curve = gr.LinePlot(loss_frame([]), x="step", y="loss", title="Training loss", height=260,
                                 elem_id="train-loss")
             preview = gr.Image(label="Latest preview (EMA weights, fixed seeds)", type="filepath", height=320)
-            push_section = build_push_section(settings, jobs, model_dropdown)
+            push_section = build_push_section(settings, jobs.finished_run, model_dropdown)
 
     def on_mode(chosen: str):
         tuning = chosen == "finetune"

@@ -1,0 +1,3 @@
+"""The package version, in one place below everything that records it (checkpoints, cards, Spaces)."""
+
+__version__ = "0.1.0"

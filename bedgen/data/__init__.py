@@ -1,0 +1,1 @@
+"""Layer 4: reading and preparing training images (folders, LSUN LMDB, Hugging Face datasets, prepared shards)."""

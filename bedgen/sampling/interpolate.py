@@ -1,0 +1,328 @@
+"""Interpolation between two images through the diffusion's noised states.
+
+Both images are preprocessed like the model's training data, brought to a
+noise level t, mixed by spherical interpolation at weights λ, and denoised back
+(Ho et al. 2020, Sec. 4.3 and Fig. 8, interpolate in the latents of the forward
+process; Song et al. 2021, DDIM Sec. 5.3, interpolate deterministic DDIM latents):
+
+* ``noise``: x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε with ONE ε shared by both images, so
+  the two noised images differ only through their content; frames are
+  slerp(x_t^a, x_t^b; λ) denoised with deterministic DDIM. The seed picks ε.
+* ``ddim-inversion``: both images are inverted to t by running the DDIM ODE
+  forwards (Song et al. 2021, Eq. 13 read from t to t+Δ), the inverted latents
+  are slerped and denoised with DDIM from t. No randomness: λ = 0 and λ = 1
+  give back the inputs up to the ODE's discretisation error, which is small
+  when t is small.
+
+t is a fraction of the training steps. Small t keeps both pictures almost as
+they are, so the middle frames are see-through blends; large t keeps almost
+nothing of either, so frames become unrelated rooms. Around t = 0.5 the layout
+and colours survive while the network repaints the details into one room.
+
+Consistency models (no ᾱ schedule, one-step denoiser) support ``noise`` only:
+x_σ = x_0 + σ ε with σ on their Karras grid, denoised in one step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.datasets import preprocess
+from ..core.device import resolve
+from ..maths.diffusion import Schedule
+from ..core.errors import BedgenError
+from ..core.images import grid, load_image, to_pil, to_signed
+from .pipeline import MAX_SEED, AutoencoderPipeline, Pipeline, _check_int
+
+METHODS = ("noise", "ddim-inversion")
+DEFAULT_T = 0.5
+DEFAULT_FRAMES = 8
+DEFAULT_STEPS = 25  # DDIM steps from t down to 0 (and from 0 up to t when inverting)
+MAX_FRAMES = 64
+GIF_FRAME_MS = 250
+
+ProgressFn = Callable[[int, int], None]
+ImageInput = "str | Path | bytes | Image.Image"
+
+
+@dataclass
+class InterpolationResult:
+    frames: list[Image.Image]
+    weights: list[float]
+    inputs: tuple[Image.Image, Image.Image]  # both images as the model sees them
+    method: str
+    t: float
+    timestep: int  # t on the model's training grid
+    steps: int
+    seed: int
+    placement: str
+    seconds: float
+    evaluations: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def strip(self) -> Image.Image:
+        """Input A, the frames, input B, in one row."""
+        return grid([self.inputs[0], *self.frames, self.inputs[1]], columns=len(self.frames) + 2)
+
+    def save(self, out: str | Path) -> list[Path]:
+        """frame-XX.png for every frame, strip.png, interpolation.gif (forth and back)."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for i, frame in enumerate(self.frames):
+            written.append(out / f"frame-{i:02d}.png")
+            frame.save(written[-1])
+        written.append(out / "strip.png")
+        self.strip().save(written[-1])
+        written.append(out / "interpolation.gif")
+        loop = self.frames + self.frames[-2:0:-1]  # ping-pong, so the GIF loops smoothly
+        loop[0].save(written[-1], save_all=True, append_images=loop[1:], duration=GIF_FRAME_MS, loop=0)
+        return written
+
+
+# --- the maths --------------------------------------------------------------------------
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """Spherical interpolation of each sample's flattened vector (Shoemake 1985).
+
+    slerp(a, b; λ) = sin((1-λ)θ)/sin θ · a + sin(λθ)/sin θ · b, θ the angle between
+    a and b. Unlike a linear mix it keeps the norm a Gaussian-noised state has at
+    its noise level, so the denoiser sees an in-distribution input.
+    """
+    flat_a, flat_b = a.flatten(1).double(), b.flatten(1).double()
+    cos = (flat_a * flat_b).sum(1) / (flat_a.norm(dim=1) * flat_b.norm(dim=1)).clamp_min(1e-12)
+    theta = torch.arccos(cos.clamp(-1, 1))
+    sin = torch.sin(theta)
+    nearly_parallel = sin < 1e-6
+    wa = torch.where(nearly_parallel, 1 - weight, torch.sin((1 - weight) * theta) / sin.clamp_min(1e-12))
+    wb = torch.where(nearly_parallel, torch.as_tensor(weight, dtype=sin.dtype), torch.sin(weight * theta) / sin.clamp_min(1e-12))
+    mixed = wa[:, None] * flat_a + wb[:, None] * flat_b
+    return mixed.reshape(a.shape).to(a.dtype)
+
+
+def ddim_grid(timestep: int, steps: int) -> list[int]:
+    """Increasing training timesteps 0 = τ_0 < ... < τ_S = timestep (at most ``steps`` gaps)."""
+    return sorted({int(round(x)) for x in np.linspace(0, timestep, steps + 1)})
+
+
+def split_prediction(out: torch.Tensor, x: torch.Tensor, abar: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂_0, ε̂) from a network output for x_t = √ᾱ x_0 + √(1-ᾱ) ε."""
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    if kind == "v_prediction":  # Salimans & Ho 2022, Sec. 4: v = √ᾱ ε - √(1-ᾱ) x_0
+        return a * x - s * out, a * out + s * x
+    if kind == "sample":
+        return out, (x - a * out) / s
+    return (x - s * out) / a, out  # DDPM Eq. 15
+
+
+def ddim_move(x0: torch.Tensor, eps: torch.Tensor, abar_to: torch.Tensor) -> torch.Tensor:
+    """DDIM with η = 0 (Song et al. 2021, Eq. 12): x_τ' = √ᾱ_τ' x̂_0 + √(1-ᾱ_τ') ε̂.
+
+    The same update moves down (sampling) or up (inversion) the grid."""
+    return abar_to.sqrt() * x0 + (1 - abar_to).sqrt() * eps
+
+
+# --- the API ----------------------------------------------------------------------------
+
+
+def interpolate(
+    pipe: Pipeline,
+    image_a: Any,
+    image_b: Any,
+    t: float = DEFAULT_T,
+    weights: float | Sequence[float] | None = None,
+    frames: int = DEFAULT_FRAMES,
+    method: str = "noise",
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int | None = None,
+    progress: ProgressFn | None = None,
+) -> InterpolationResult:
+    """Frames between two images (paths, bytes or PIL) at weights λ.
+
+    ``weights`` gives λ values explicitly (one or a list); otherwise ``frames``
+    values evenly spaced from 0 to 1.
+    """
+    t = _check_fraction("t", t, low_open=True)
+    lambdas = _weights(weights, frames)
+    if method not in METHODS:
+        raise BedgenError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    vae = isinstance(pipe, AutoencoderPipeline)
+    steps = _check_int("steps", steps, 1, pipe.max_steps) if not vae else 0
+    seed = _check_int("seed", seed, 0, MAX_SEED)
+    placement = resolve(device, dtype)
+    with pipe.placement.use(placement):  # the networks stay on this device until the frames are done
+        batch_size = _check_int("batch size", batch_size or (32 if placement.device.type == "cuda" else 8), 1, 4096)
+        inputs = tuple(_model_input(pipe, im, name) for im, name in ((image_a, "image A"), (image_b, "image B")))
+        x0 = torch.cat(inputs)
+        start = time.perf_counter()
+        runner = None
+        if vae:
+            result_frames, timestep, used_steps = _vae_frames(pipe, x0, lambdas, method, placement), 0, 0
+        else:
+            runner = _Runner(pipe, placement, batch_size, progress)
+            z0 = pipe.encode(x0)  # latent diffusion interpolates latents; pixel models pass through
+            if pipe.info.family == "consistency":
+                frames, timestep, used_steps = _consistency_frames(pipe, runner, z0, t, lambdas, method, seed)
+            else:
+                frames, timestep, used_steps = _vp_frames(pipe, runner, z0, t, lambdas, method, steps, seed)
+            result_frames = pipe.decode(frames)
+        return InterpolationResult(
+            frames=to_pil(result_frames),
+            weights=lambdas,
+            inputs=tuple(to_pil(x0)),  # type: ignore[arg-type]
+            method=method,
+            t=t,
+            timestep=timestep,
+            steps=used_steps,
+            seed=seed,
+            placement=placement.describe(),
+            seconds=time.perf_counter() - start,
+            evaluations=runner.evaluations if runner is not None else 1,
+        )
+
+
+def _vae_frames(pipe: AutoencoderPipeline, x0: torch.Tensor, lambdas: list[float], method: str, placement) -> torch.Tensor:
+    """Decode slerp(E(a), E(b); λ): a VAE's latent is already where the images mix."""
+    if method != "noise":
+        raise BedgenError("a vae has no diffusion to invert; use method 'noise' (latent interpolation)")
+    with placement.autocast():
+        z = pipe.encode(x0.to(placement.device))
+        mixed = torch.cat([slerp(z[:1], z[1:], lam) for lam in lambdas])
+        return pipe.decode(mixed.to(placement.device))
+
+
+def _vp_frames(pipe, runner, x0, t, lambdas, method, steps, seed):
+    schedule = Schedule.from_scheduler(pipe.training_scheduler)
+    last = len(schedule.alphas_cumprod) - 1
+    timestep = min(last, max(1, round(t * last)))
+    taus = ddim_grid(timestep, steps)
+    abar = schedule.alphas_cumprod
+    if method == "noise":
+        eps = torch.randn(x0.shape[1:], generator=torch.Generator("cpu").manual_seed(seed))
+        a = abar[timestep]
+        latents = a.sqrt() * x0 + (1 - a).sqrt() * eps  # one ε for both images
+    else:
+        latents = runner.ddim(x0, taus, abar, clip=False)  # τ_0 -> τ_S: inversion
+    mixed = torch.cat([slerp(latents[:1], latents[1:], lam) for lam in lambdas])
+    frames = runner.ddim(mixed, taus[::-1], abar, clip=_clips(pipe))
+    return frames, timestep, len(taus) - 1
+
+
+def _consistency_frames(pipe, runner, x0, t, lambdas, method, seed):
+    if method != "noise":
+        raise BedgenError(
+            "consistency models map noise to an image in one step and have no ODE to invert; "
+            "use method 'noise' with this model"
+        )
+    scheduler = type(pipe.training_scheduler).from_config(pipe.training_scheduler.config)
+    last = scheduler.config.num_train_timesteps - 1
+    # Custom timestep k sits at ramp k/(T-1) of the Karras grid, from σ_max (k=0) to σ_min.
+    k = min(last, max(0, round((1 - t) * last)))
+    scheduler.set_timesteps(timesteps=[k])
+    sigma = scheduler.sigmas[0]
+    generator = torch.Generator("cpu").manual_seed(seed)
+    eps = torch.randn(x0.shape[1:], generator=generator)
+    latents = x0 + sigma * eps  # VE forward process x_σ = x_0 + σ ε, one ε for both
+    mixed = torch.cat([slerp(latents[:1], latents[1:], lam) for lam in lambdas])
+    return runner.consistency(mixed, scheduler, k, seed), k, 1
+
+
+class _Runner:
+    """Runs the network over batches, counting evaluations for progress."""
+
+    def __init__(self, pipe: Pipeline, placement, batch_size: int, progress: ProgressFn | None):
+        self.pipe, self.placement, self.batch_size, self.progress = pipe, placement, batch_size, progress
+        self.kind = pipe.training_scheduler.config.get("prediction_type", "epsilon")
+        self.evaluations = 0
+        self.total = 0
+
+    def _eval(self, x: torch.Tensor, timestep: Any) -> torch.Tensor:
+        device = self.placement.device
+        ts = torch.as_tensor(timestep, device=device)
+        with torch.inference_mode(), self.placement.autocast():
+            model_in = x.to(device).contiguous(memory_format=torch.channels_last)
+            out = self.pipe.unet(model_in, ts).sample
+        self.evaluations += 1
+        if self.progress is not None:
+            self.progress(self.evaluations, max(self.total, self.evaluations))
+        return out[:, : x.shape[1]].float().cpu()  # learned-variance nets: ε part only
+
+    def _batches(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.split(x, self.batch_size))
+
+    def ddim(self, x: torch.Tensor, taus: list[int], abar: torch.Tensor, clip: bool) -> torch.Tensor:
+        """Move every sample along ``taus`` (increasing = invert, decreasing = denoise)."""
+        self.total += (len(taus) - 1) * math.ceil(len(x) / self.batch_size)
+        done = []
+        for batch in self._batches(x):
+            for here, there in zip(taus, taus[1:]):
+                out = self._eval(batch, here)
+                x0, eps = split_prediction(out, batch, abar[here], self.kind)
+                if clip:
+                    x0 = x0.clamp(-1, 1)
+                batch = ddim_move(x0, eps, abar[there])
+            done.append(batch)
+        return torch.cat(done)
+
+    def consistency(self, x: torch.Tensor, scheduler, k: int, seed: int) -> torch.Tensor:
+        """One consistency-function step from the custom timestep k to a clean image."""
+        self.total += math.ceil(len(x) / self.batch_size)
+        done = []
+        for batch in self._batches(x):
+            scheduler.set_timesteps(timesteps=[k])  # resets the scheduler's step counter
+            timestep = scheduler.timesteps[0]
+            out = self._eval(scheduler.scale_model_input(batch, timestep), timestep)
+            generator = torch.Generator("cpu").manual_seed(seed)
+            done.append(scheduler.step(out, timestep, batch, generator=generator).prev_sample)
+        return torch.cat(done)
+
+
+def _clips(pipe: Pipeline) -> bool:
+    return bool(pipe.training_scheduler.config.get("clip_sample", False))
+
+
+# --- inputs -----------------------------------------------------------------------------
+
+
+def _model_input(pipe: Pipeline, image: Any, name: str) -> torch.Tensor:
+    """An image as the model's training data looked: squared, resized, in [-1, 1]."""
+    if image is None:
+        raise BedgenError(f"{name} is missing; upload an image")
+    config = pipe.info.config
+    square = config.data.square if config is not None else "crop"
+    pixels = preprocess(load_image(image, name), pipe.resolution, square)
+    return to_signed(pixels)[None]
+
+
+def _check_fraction(name: str, value: Any, low_open: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BedgenError(f"{name} must be a number between 0 and 1, got {value!r}") from None
+    low_ok = number > 0 if low_open else number >= 0
+    if not (math.isfinite(number) and low_ok and number <= 1):
+        interval = "(0, 1]" if low_open else "[0, 1]"
+        raise BedgenError(f"{name} must be in {interval}, got {value!r}")
+    return number
+
+
+def _weights(weights: float | Sequence[float] | None, frames: int) -> list[float]:
+    if weights is None:
+        frames = _check_int("frames", frames, 1, MAX_FRAMES)
+        return [0.5] if frames == 1 else [float(x) for x in np.linspace(0, 1, frames)]
+    values = [weights] if isinstance(weights, (int, float, str)) else list(weights)
+    if not 1 <= len(values) <= MAX_FRAMES:
+        raise BedgenError(f"give between 1 and {MAX_FRAMES} weights λ, got {len(values)}")
+    return [_check_fraction("λ (interpolation weight)", v) for v in values]

@@ -1,0 +1,147 @@
+"""Samplers by name, configured from the checkpoint's training schedule.
+
+Every checkpoint carries the scheduler it was trained with (betas, timesteps,
+prediction type). A sampler name picks a diffusers scheduler class and builds it
+``from_config`` of that training schedule, so the noise levels always match what
+the network learned; only the solver changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers import (
+    CMStochasticIterativeScheduler,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    ScoreSdeVeScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from ..core.errors import BedgenError
+from ..maths.score import sigma_ladder
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    cls: type[SchedulerMixin]
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+# Variance-preserving (DDPM-trained) samplers; all share the training betas.
+VP_SAMPLERS: dict[str, SamplerSpec] = {
+    "ddpm": SamplerSpec(DDPMScheduler, "ancestral DDPM (Ho et al. 2020); needs many steps"),
+    # "trailing" spacing starts at t = T even with few steps (Lin et al. 2024, Sec. 3.3).
+    "ddim": SamplerSpec(
+        DDIMScheduler, "deterministic DDIM (Song et al. 2021)", {"timestep_spacing": "trailing"}
+    ),
+    "dpmsolver++": SamplerSpec(
+        DPMSolverMultistepScheduler,
+        "DPM-Solver++ 2M (Lu et al. 2022); good images in 15-25 steps",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "variance_type": None},
+    ),
+    "unipc": SamplerSpec(
+        UniPCMultistepScheduler, "UniPC (Zhao et al. 2023); good in 10-20 steps", {"variance_type": None}
+    ),
+    "euler": SamplerSpec(EulerDiscreteScheduler, "Euler ODE in sigma space (Karras et al. 2022)"),
+    "euler-a": SamplerSpec(EulerAncestralDiscreteScheduler, "Euler ancestral (stochastic)"),
+    "heun": SamplerSpec(HeunDiscreteScheduler, "Heun 2nd order (Karras et al. 2022); 2 evals/step"),
+}
+
+# Consistency models (Song et al. 2023) only sample with their own scheduler.
+CONSISTENCY_SAMPLERS: dict[str, SamplerSpec] = {
+    "consistency": SamplerSpec(CMStochasticIterativeScheduler, "consistency sampling, 1-2 steps"),
+}
+
+# Score models on a σ ladder (variance exploding); bedgen runs these loops itself
+# (bedgen.maths.score) so every image draws its noise from its own generator.
+SCORE_SAMPLERS: dict[str, SamplerSpec] = {
+    "langevin": SamplerSpec(
+        ScoreSdeVeScheduler, "annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) + final denoising step"
+    ),
+    "pc": SamplerSpec(ScoreSdeVeScheduler, "VE predictor-corrector (Song et al. 2021, Alg. 2)"),
+}
+
+ALL_SAMPLERS = {**VP_SAMPLERS, **CONSISTENCY_SAMPLERS, **SCORE_SAMPLERS}
+# Data-prediction solvers that can clip x̂0 (their `thresholding` option).
+CLIPPING_SOLVERS = ("dpmsolver++", "unipc")
+
+
+def samplers_for(training_scheduler: SchedulerMixin) -> dict[str, SamplerSpec]:
+    """The samplers that can drive a network trained with ``training_scheduler``."""
+    if isinstance(training_scheduler, CMStochasticIterativeScheduler):
+        return CONSISTENCY_SAMPLERS
+    if isinstance(training_scheduler, ScoreSdeVeScheduler):
+        return SCORE_SAMPLERS
+    return VP_SAMPLERS
+
+
+def default_sampler(training_scheduler: SchedulerMixin) -> str:
+    if isinstance(training_scheduler, CMStochasticIterativeScheduler):
+        return "consistency"
+    if isinstance(training_scheduler, ScoreSdeVeScheduler):
+        # NCSN++ models were trained for predictor-corrector sampling; bedgen's for Langevin.
+        return "pc"
+    return "dpmsolver++"
+
+
+def make_scheduler(name: str, training_scheduler: SchedulerMixin) -> SchedulerMixin:
+    """A fresh sampler ``name`` configured from the training schedule."""
+    available = samplers_for(training_scheduler)
+    if name not in available:
+        raise BedgenError(
+            f"unknown scheduler '{name}' for this model; choose one of {', '.join(available)}"
+        )
+    spec = available[name]
+    overrides = dict(spec.overrides)
+    if name in CLIPPING_SOLVERS and training_scheduler.config.get("clip_sample", False):
+        # Clip x̂0 to the data range inside the solver, as DDPM/DDIM do with clip_sample.
+        # Dynamic thresholding (Saharia et al. 2022) bounded by sample_max_value = 1 is
+        # exactly that clip; without it young pixel models give saturated noise.
+        overrides.update(thresholding=True, sample_max_value=training_scheduler.config.get("clip_sample_range", 1.0))
+    return spec.cls.from_config(training_scheduler.config, **overrides)
+
+
+def max_steps(training_scheduler: SchedulerMixin) -> int:
+    """The largest number of sampling steps: one per training timestep."""
+    return int(training_scheduler.config.num_train_timesteps)
+
+
+def check_steps(steps: Any, training_scheduler: SchedulerMixin) -> int:
+    """Validate a user-given step count; returns it as an int."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps):
+        raise BedgenError(f"steps must be a whole number, got {steps!r}")
+    steps = int(steps)
+    top = max_steps(training_scheduler)
+    if not 1 <= steps <= top:
+        raise BedgenError(f"steps must be between 1 and {top} (the model's training steps), got {steps}")
+    return steps
+
+
+# --- score models (SMLD / NCSN): a σ ladder instead of a diffusers sampler -------------------
+
+
+def sampling_ladder(scheduler: ScoreSdeVeScheduler, levels: int) -> torch.Tensor:
+    """``levels`` geometric σ's between the model's σ_max and σ_min (fewer levels = faster)."""
+    c = scheduler.config
+    return sigma_ladder(float(c.sigma_max), float(c.sigma_min), levels).float()
+
+
+def is_score_scheduler(scheduler: Any) -> bool:
+    return isinstance(scheduler, ScoreSdeVeScheduler)
+
+
+def langevin_evals(levels: int, steps_per_level: int, denoise: bool) -> int:
+    return levels * steps_per_level + int(denoise)
+
+
+def pc_evals(levels: int, corrector_steps: int) -> int:
+    return levels * (corrector_steps + 1)

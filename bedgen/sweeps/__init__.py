@@ -1,0 +1,1 @@
+"""Layer 9: grids and random searches of training runs, and their reports."""
