@@ -141,7 +141,9 @@ def test_reconstructs_and_interpolates_uploaded_images(trained, rooms):
     result = interpolate(pipe, str(files[0]), str(files[1]), frames=3, dtype="fp32")
     assert len(result.frames) == 3
     # λ = 0 and λ = 1 are the reconstructions of the two inputs
-    assert result.frames[0].tobytes() == pipe.reconstruct([str(files[0])], dtype="fp32")[0].tobytes()
+    # (a batch of two vs one: oneDNN may round differently, within one 8-bit level)
+    alone = np.asarray(pipe.reconstruct([str(files[0])], dtype="fp32")[0], dtype=np.int16)
+    assert np.abs(np.asarray(result.frames[0], dtype=np.int16) - alone).max() <= 1
     assert result.frames[1].tobytes() not in (result.frames[0].tobytes(), result.frames[2].tobytes())
     with pytest.raises(BedgenError, match="no diffusion to invert"):
         interpolate(pipe, str(files[0]), str(files[1]), method="ddim-inversion")
