@@ -189,7 +189,7 @@ def test_pypi_torchvision_imports_beside_cpu_torch_after_the_shim(tmp_path):
     from pathlib import Path
 
     _fake_pypi_torchvision(tmp_path / "site")
-    shim = Path(__file__).resolve().parents[1] / "bedgen" / "_torchvision_cpu.py"
+    shim = Path(__file__).resolve().parents[1] / "bedgen" / "core" / "torchvision_cpu.py"
     cpu_torch = "import torch; torch.version.cuda = None\n"  # what a +cpu build reports
     load_shim = ("import importlib.util\n"
                  f"spec = importlib.util.spec_from_file_location('shim', {str(shim)!r})\n"
