@@ -142,7 +142,7 @@ def test_push_the_finished_run_from_the_train_tab(train_app, hub):
     event, (listed,) = call(app, "refresh_models", [])
     refs = [ref for _, ref in listed["choices"]]
     assert refs.index(str(run)) < refs.index("alice/tiny-run") < refs.index("google/ddpm-ema-bedroom-256")
-    event, (gallery, _, text) = call(app, "generate", ["alice/tiny-run", 0, 2, "auto", 1, False, 0])
+    event, (gallery, _, text, *_shown) = call(app, "generate", ["alice/tiny-run", 0, 2, "auto", 1, False, 0])
     assert event == "complete" and len(gallery) == 1 and "alice/tiny-run" in text
 
 
@@ -179,7 +179,7 @@ def test_public_app_lists_only_what_it_serves_and_has_no_push_route(hub, tmp_pat
             assert "alice/hidden" not in json.dumps(config) and "acme/*" not in json.dumps(config)
         event, (listed,) = call(app, "refresh_models", [])
         assert [ref for _, ref in listed["choices"]] == [str(local), "alice/shown@v2", "google/ddpm-ema-bedroom-256"]
-        event, (gallery, _, text) = call(app, "generate", ["alice/shown@v2", 0, 2, "auto", 1, False, 0])
+        event, (gallery, _, text, *_shown) = call(app, "generate", ["alice/shown@v2", 0, 2, "auto", 1, False, 0])
         assert event == "complete" and len(gallery) == 1 and "alice/shown@v2" in text
         for ref in ("alice/shown", "alice/hidden"):
             assert f"'{ref}' is not served by this app" in error_line(call(app, "generate", [ref, 0, 2, "auto", 1, False, 0]))
