@@ -234,7 +234,7 @@ def test_evaluate_and_sweep_report_refuse_traversal_and_bad_numbers(hard_app):
         _expect_error(lambda: evaluate(**changes), pattern)
     for sweep in ["../secret", "/etc", "no-such-sweep"]:
         # gradio checks dropdown values against the choices (the sweeps under BEDGEN_SWEEPS)
-        _expect_error(lambda: client.predict(sweep, api_name="/sweep_report"), "sweep|not in the list of choices")
+        _expect_error(lambda: client.predict(sweep, api_name="/sweep_report"), "Sweep must be one of the listed choices")
     _valid_generate(client, model)
 
 
@@ -472,6 +472,7 @@ def _baselines(root: Path, files: dict[str, Path]) -> dict[str, list]:
         "/sweep_report": ["sweep"],
         "/train_start": [str(root / "data" / "rooms"), "tiny", 16, 2, 4, 1e-3, "adamw", "fuzz-run", ""],
         "/finetune_start": [model, str(root / "data" / "rooms"), 1.0, 2, 2, 2, 1e-4, "fuzz-ft"],
+        "/push_to_hub": ["alice/fuzz", True],  # no token on this server: refused before any upload
     }
 
 
