@@ -180,7 +180,7 @@ def test_use_last_generated_image(client, app_server):
     ({"t": 0}, r"t must be in \(0, 1\]"),
     ({"t": 3}, r"t must be in \(0, 1\]"),
     ({"frames": 1}, "frames must be between 2 and 16"),
-    ({"method": "blend"}, "not in the list of choices"),  # gradio validates radio choices
+    ({"method": "blend"}, "Method must be one of the listed choices, got .blend."),
     ({"b": None}, "upload two images"),
     ({"b": "text"}, "image B is not an image PIL can read"),
 ])
@@ -307,7 +307,7 @@ def test_evaluate_runs_fid_and_stores_it_in_the_checkpoint(client, app_server, r
 
 @pytest.mark.parametrize("case, message", [
     ("n=1", "number of samples must be between 2 and"),
-    ("unknown metric", "not in the list of choices"),  # gradio checks CheckboxGroup values
+    ("unknown metric", "Metrics must be one of the listed choices"),
     ("no metric", "no metric asked for"),
     ("missing", "does not exist"),
     ("outside", "outside the references folder"),
@@ -368,7 +368,7 @@ def test_sweep_tables_and_plots_found_under_the_sweeps_folder(client, app_server
     table, plots = client.predict("lr", api_name="/sweep_report")
     assert "train.lr" in table and table.count("\n|") >= 3  # header, rule, two configurations
     assert len(plots) >= 2 and all(Image.open(p["image"]).size[0] >= 400 for p in plots)
-    with pytest.raises(Exception, match="not in the list of choices"):  # gradio keeps to the listed sweeps
+    with pytest.raises(Exception, match="Sweep must be one of the listed choices"):  # only the listed sweeps
         client.predict("..", api_name="/sweep_report")
 
 
@@ -411,11 +411,13 @@ def _raw_call(url: str, api: str, data: list) -> tuple[str, object]:
 
 
 def test_a_megabyte_of_junk_is_refused_in_one_short_line_and_logged_in_one(app_server):
-    junk = "€x" * 2**19  # a megabyte, as a model name, a seed, a reference and a data folder
+    junk = "€x" * 2**19  # a megabyte, as a model name, a seed, a sampler, a metric, a reference and a data folder
     model = str(app_server.log.parent / "checkpoints" / "tiny")
     calls = [
         ("generate", [junk, 0, 2, "auto", 1, False, 0]),
         ("generate", [model, junk, 2, "auto", 1, False, 0]),
+        ("generate", [model, 0, 2, junk, 1, False, 0]),  # a choice Gradio itself would refuse, quoting it whole
+        ("evaluate", [model, None, 4, 2, "auto", [junk], 0]),
         ("evaluate", [model, junk, 4, 2, "auto", ["fid"], 0]),
         ("train_start", [junk, "tiny", 16, 2, 4, 1e-3, "adamw", "junk-run", ""]),
     ]

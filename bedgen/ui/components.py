@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 from gradio.context import LocalContext
 
+from ..config.overrides import short_repr
 from .errors import RefusedInput
 from .security import inside
 
@@ -33,6 +34,32 @@ class RawNumber(gr.Number):
 
     def preprocess(self, payload: Any) -> Any:
         return payload
+
+
+class _RefusesOutsideChoices:
+    """Gradio refuses a value outside a choice component's choices by quoting the value and
+    every choice in full, with a logged traceback: a megabyte sent as a sampler name came
+    back (and went into the log) whole. The refusal goes to the event instead, one clipped
+    line naming the field (bedgen.ui.errors)."""
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)  # type: ignore[misc]
+        except (gr.Error, TypeError):
+            return RefusedInput(f"{self.label or 'the choice'} must be one of the listed choices, "
+                                f"got {short_repr(payload)}")
+
+
+class Choice(_RefusesOutsideChoices, gr.Dropdown):
+    is_template = True
+
+
+class Options(_RefusesOutsideChoices, gr.Radio):
+    is_template = True
+
+
+class Checkboxes(_RefusesOutsideChoices, gr.CheckboxGroup):
+    is_template = True
 
 
 class ImageUpload(gr.Image):

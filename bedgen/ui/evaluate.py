@@ -15,7 +15,7 @@ from ..evaluation.metrics import METRICS, evaluate, parse_metrics, record_result
 from ..sampling.schedulers import ALL_SAMPLERS
 from ..sweeps.sweep import find_sweeps
 from .cache import PipelineCache
-from .components import RawNumber, RawSlider, on_gpu
+from .components import Checkboxes, Choice, RawNumber, RawSlider, on_gpu
 from .errors import listen
 from .generate import AUTO, model_choices, whole_number
 from .security import without_server_paths
@@ -176,17 +176,17 @@ def build_evaluate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.Blo
     )
     with gr.Row():
         with gr.Column(scale=1):
-            model = gr.Dropdown(model_choices(settings), value=settings.default_model, label="Model",
+            model = Choice(model_choices(settings), value=settings.default_model, label="Model",
                                 allow_custom_value=True, elem_id="eval-model")
             references = reference_choices(settings.references)
-            reference = gr.Dropdown(references, value=references[0][1] if references else None, label="Reference",
+            reference = Choice(references, value=references[0][1] if references else None, label="Reference",
                                     allow_custom_value=True, elem_id="eval-reference")
             refresh = gr.Button("↻ Refresh models and references", size="sm", elem_id="eval-refresh")
             num_samples = RawSlider(2, settings.max_eval_samples, value=min(100, settings.max_eval_samples), step=1,
                                     label="Samples")
             steps = RawSlider(1, min(settings.max_steps, 1000), value=20, step=1, label="Steps")
-            sampler = gr.Dropdown([AUTO, *ALL_SAMPLERS], value=AUTO, label="Sampler")
-            metrics = gr.CheckboxGroup([(METRIC_LABELS[m], m) for m in METRICS], value=["fid"], label="Metrics",
+            sampler = Choice([AUTO, *ALL_SAMPLERS], value=AUTO, label="Sampler")
+            metrics = Checkboxes([(METRIC_LABELS[m], m) for m in METRICS], value=["fid"], label="Metrics",
                                        info="KID and precision/recall need references with features (bedgen ref-stats)")
             seed = RawNumber(0, label="First seed", precision=0, minimum=0)
             button = gr.Button("Evaluate", variant="primary", elem_id="eval-button")
@@ -229,7 +229,7 @@ def _build_sweeps_section(settings: AppSettings) -> None:
                 "mean final FID, and the loss / FID curves.")
     choices = sweep_choices(root)
     with gr.Row():
-        sweep = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Sweep", elem_id="sweep-choice",
+        sweep = Choice(choices, value=choices[0][1] if choices else None, label="Sweep", elem_id="sweep-choice",
                             scale=3)
         refresh = gr.Button("↻ Refresh sweeps", size="sm", scale=1)
         show = gr.Button("Show", size="sm", scale=1, elem_id="sweep-show")

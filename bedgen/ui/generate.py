@@ -19,7 +19,7 @@ from ..sampling.pipeline import MAX_SEED
 from ..sampling.schedulers import ALL_SAMPLERS
 from ..storage.registry import CURATED_HUB_MODELS, all_models, local_models
 from .cache import PipelineCache
-from .components import RawNumber, RawSlider, on_gpu
+from .components import Choice, RawNumber, RawSlider, on_gpu
 from .display import display_gallery, enlarged_items
 from .errors import clip, listen
 from .settings import AppSettings
@@ -152,7 +152,7 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.Blo
     """Lay out the tab and wire its events; returns components other tabs may use."""
     with gr.Row():
         with gr.Column(scale=1):
-            model = gr.Dropdown(
+            model = Choice(
                 model_choices(settings), value=settings.default_model, label="Model", allow_custom_value=True,
                 info="a local checkpoint or any Hub id org/name[@revision]", elem_id="generate-model",
             )
@@ -164,7 +164,7 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.Blo
                 seed = RawNumber(0, label="Seed", precision=0, minimum=0)
                 randomize = gr.Button("🎲 Random", size="sm", scale=0)
             steps = RawSlider(1, min(settings.max_steps, 1000), value=20, step=1, label="Steps")
-            sampler = gr.Dropdown(
+            sampler = Choice(
                 [AUTO, *ALL_SAMPLERS], value=AUTO, label="Sampler",
                 info="auto = the model's default (DPM-Solver++ for DDPMs, Langevin for score models)",
             )

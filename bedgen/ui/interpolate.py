@@ -17,7 +17,7 @@ from ..core.errors import BedgenError
 from ..sampling.interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS, InterpolationResult, interpolate
 from ..sampling.pipeline import MAX_SEED
 from .cache import PipelineCache
-from .components import ImageUpload, RawNumber, RawSlider, gallery_image, on_gpu
+from .components import Choice, ImageUpload, Options, RawNumber, RawSlider, gallery_image, on_gpu
 from .display import display_gallery, display_image, enlarged, enlarged_items
 from .errors import listen
 from .generate import model_choices, whole_number
@@ -128,7 +128,7 @@ def _save_gif(frames: list[Image.Image]) -> str:
 def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.Blocks, generated: gr.Gallery,
                           selected: gr.State) -> None:
     with gr.Row():
-        model = gr.Dropdown(model_choices(settings), value=settings.default_model, label="Model",
+        model = Choice(model_choices(settings), value=settings.default_model, label="Model",
                             allow_custom_value=True, info="pixel-space models; the first use loads it",
                             elem_id="interp-model", scale=4)
         refresh = gr.Button("↻ Refresh model list", size="sm", elem_id="interp-refresh", scale=1)
@@ -146,7 +146,7 @@ def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.
         t = RawSlider(0.05, 1, value=DEFAULT_T, step=0.05, label="Noise level t", info=T_HELP)
         frames = RawSlider(2, MAX_UI_FRAMES, value=DEFAULT_FRAMES, step=1, label="Frames")
     with gr.Row():
-        method = gr.Radio(list(METHODS), value="noise", label="Method", info=METHOD_HELP)
+        method = Options(list(METHODS), value="noise", label="Method", info=METHOD_HELP)
         steps = RawSlider(1, MAX_UI_STEPS, value=DEFAULT_STEPS, step=1, label="DDIM steps from t")
         seed = RawNumber(0, label="Seed", precision=0, minimum=0)
     button = gr.Button("Interpolate", variant="primary", elem_id="interp-button")

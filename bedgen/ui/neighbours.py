@@ -14,7 +14,7 @@ from ..core.errors import BedgenError
 from ..core.images import load_image
 from ..data.datasets import preprocess
 from ..evaluation.neighbours import NON_STANDARD_NOTE, LpipsIndex, SearchResult, find_indexes, load_neighbour_image
-from .components import ImageUpload, RawSlider, gallery_image
+from .components import Choice, ImageUpload, RawSlider, gallery_image
 from .display import display_gallery, enlarged_items
 from .errors import listen
 from .generate import whole_number
@@ -97,7 +97,7 @@ def build_neighbours_tab(settings: AppSettings, demo: gr.Blocks, generated: gr.G
         with gr.Column(scale=1):
             query = ImageUpload(type="filepath", label="Query image", elem_id="nn-query", height=256)
             use_last = gr.Button("Use last generated image", size="sm")
-            index = gr.Dropdown(
+            index = Choice(
                 choices, value=choices[0][1] if choices else None, label="Index", allow_custom_value=True,
                 info=f"LPIPS indexes under {settings.indexes} (bedgen index --data SRC --out {settings.indexes}/NAME)",
                 elem_id="nn-index",

@@ -26,7 +26,7 @@ import gradio as gr
 from ..config.schema import PRESETS
 from ..core.errors import BedgenError
 from ..core.hub import parse_hub_ref
-from .components import RawNumber, RawSlider
+from .components import Choice, Options, RawNumber, RawSlider
 from .errors import listen
 from .security import inside, local_folder
 from .settings import AppSettings
@@ -357,20 +357,20 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
     )
     with gr.Row():
         with gr.Column(scale=1):
-            mode = gr.Radio([("Train from a preset", "train"), ("Fine-tune a model", "finetune")], value="train",
+            mode = Options([("Train from a preset", "train"), ("Fine-tune a model", "finetune")], value="train",
                             label="Mode", elem_id="train-mode")
             run_name = gr.Textbox("my-run", label="Run name (folder under the checkpoints folder)")
             with gr.Group(visible=True) as train_fields:
                 data = gr.Textbox(label="Data source", placeholder="data/bedrooms or org/dataset")
-                preset = gr.Dropdown(sorted(PRESETS), value="tiny", label="Preset")
+                preset = Choice(sorted(PRESETS), value="tiny", label="Preset")
                 resolution = RawNumber(32, label="Resolution (px)", precision=0)
-                optimizer = gr.Dropdown(OPTIMIZERS, value="adamw", label="Optimizer")
+                optimizer = Choice(OPTIMIZERS, value="adamw", label="Optimizer")
                 autoencoder = gr.Textbox(
                     "", label="Autoencoder (ldm presets only)",
                     placeholder="a run of autoencoder-kl / -vq under the checkpoints folder, or a Hub id",
                 )
             with gr.Group(visible=False) as finetune_fields:
-                source = gr.Dropdown(_local_refs(settings), value=None, allow_custom_value=True,
+                source = Choice(_local_refs(settings), value=None, allow_custom_value=True,
                                      label="Model to fine-tune (under the checkpoints folder, or a Hub id)")
                 instances = gr.Textbox(label="Instance images (a folder under the data roots)",
                                        placeholder="data/my-bedroom-style")
