@@ -104,6 +104,9 @@ def _check_model(api, ref) -> str | None:
     return None
 
 
+PACKAGE = Path(__file__).resolve().parents[1]  # bedgen/, whose source the Space runs
+
+
 def _managed(path: str) -> bool:
     """A re-deploy replaces the app (old modules go), and keeps files added by hand."""
     return path in SPACE_FILES or path.startswith("bedgen/")
@@ -111,7 +114,7 @@ def _managed(path: str) -> bool:
 
 def space_files(space_id: str, models: list[str]) -> dict[str, bytes]:
     """The Space repo: README.md (front matter), app.py, requirements.txt and the bedgen package source."""
-    package = Path(__file__).resolve().parent
+    package = PACKAGE
     files = {
         f"bedgen/{path.relative_to(package).as_posix()}": path.read_bytes()
         for path in sorted(package.rglob("*.py"))
@@ -126,7 +129,7 @@ def space_files(space_id: str, models: list[str]) -> dict[str, bytes]:
 
 def requirements() -> str:
     """The app's requirements as this checkout (or this installed package) declares them."""
-    here = Path(__file__).resolve().parent.parent / "requirements.txt"
+    here = PACKAGE.parent / "requirements.txt"
     if here.is_file():
         return here.read_text()
     try:
