@@ -121,6 +121,60 @@ def test_sampling_loads_nothing_of_training():
     assert run.stdout.strip() == ""
 
 
+# Where inference may call the UNet: every sampler, trajectory, interpolation (and so FID sampling
+# and fine-tuning's class images, which call Pipeline.sample) reaches it through the Denoiser.
+DENOISER = "sampling/denoiser.py"
+# Training objectives call the network on noised data with gradients; that is not inference.
+TRAINING_SIDE = ("families", "training")
+
+
+def unet_calls(source: str) -> list[int]:
+    """Lines that call a UNet: ``unet(...)``, ``x.unet(...)``, ``unet.forward(...)``, or any call whose
+    ``.sample`` is read (a diffusers model output, however the network was named), autoencoders'
+    ``.decode(...).sample`` / ``.encode(...)`` excepted. Strings and comments do not count."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            owner = func.value if isinstance(func, ast.Attribute) else None
+            owner_name = (owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute)
+                          else None)
+            if name == "unet" or (name in ("forward", "__call__") and owner_name == "unet"):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Attribute) and node.attr == "sample" and isinstance(node.value, ast.Call):
+            func = node.value.func
+            if not (isinstance(func, ast.Attribute) and func.attr in ("decode", "encode")):
+                lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_inference_calls_the_unet_in_one_place():
+    """bedgen/sampling/denoiser.py holds the one UNet call of inference (autocast, channels_last,
+    learned variance); bedgen/families and bedgen/training are left out: their calls are training
+    objectives, not inference."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative.split("/")[0] not in TRAINING_SIDE and unet_calls(path.read_text()):
+            found[relative] = unet_calls(path.read_text())
+    assert list(found) == [DENOISER], f"UNet calls outside {DENOISER}: {found}"
+    assert len(found[DENOISER]) == 1, f"{DENOISER} calls the UNet on several lines: {found[DENOISER]}"
+
+
+def test_the_unet_call_finder_finds_calls():
+    source = (
+        "out = self.pipe.unet(model_in, ts).sample\n"
+        "y = unet(x, t)\n"
+        "z = model.unet.forward(x, t)\n"
+        "w = net(x, t).sample\n"
+        "image = vae.decode(z).sample\n"
+        "text = 'unet(x).sample'  # unet(x)\n"
+        "u = build_unet(config)\n"
+    )
+    assert unet_calls(source) == [1, 2, 3, 4]
+
+
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """One cycle per strongly connected component of more than one module (Tarjan)."""
     index, low, stack, on_stack, found = {}, {}, [], set(), []

@@ -234,6 +234,25 @@ def test_q_sample_and_x0_from_eps(betas):
     np.testing.assert_allclose(to64(x0_hat[:3]), to64(x0[:3]), atol=1e-4)  # well-conditioned t
 
 
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_split_prediction_recovers_x0_and_eps_from_each_parameterisation(kind):
+    """x_t = √ᾱ x_0 + √(1-ᾱ) ε (DDPM Eq. 4); the exact network output for each kind
+    (ε, v = √ᾱ ε - √(1-ᾱ) x_0 of Salimans & Ho 2022 Sec. 4, or x_0) gives back both."""
+    generator = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64).unbind(0)
+    abar = torch.tensor(0.3, dtype=torch.float64)
+    xt = math.sqrt(0.3) * x0 + math.sqrt(0.7) * eps
+    out = {"epsilon": eps, "v_prediction": math.sqrt(0.3) * eps - math.sqrt(0.7) * x0, "sample": x0}[kind]
+    got_x0, got_eps = dm.split_prediction(out, xt, abar, kind)
+    assert torch.allclose(got_x0, x0, atol=1e-12) and torch.allclose(got_eps, eps, atol=1e-12)
+
+
+def test_ddim_move_is_eq_12_with_zero_noise():
+    x0, eps = torch.full((1, 1), 0.5, dtype=torch.float64), torch.full((1, 1), -2.0, dtype=torch.float64)
+    moved = dm.ddim_move(x0, eps, torch.tensor(0.64, dtype=torch.float64))
+    assert moved.item() == pytest.approx(0.8 * 0.5 + 0.6 * -2.0, abs=1e-12)
+
+
 def test_q_posterior_is_bayes_rule(betas):
     """μ̃, β̃ of Eq. 6-7 equal the Gaussian product q(x_t | x_{t-1}) q(x_{t-1} | x_0), normalised."""
     s = dm.Schedule.from_betas(betas)

@@ -39,6 +39,8 @@ __all__ = [
     "q_sample",
     "q_posterior_mean_variance",
     "predict_x0_from_eps",
+    "split_prediction",
+    "ddim_move",
     "learned_range_log_variance",
     "p_mean_variance",
     "normal_kl",
@@ -192,6 +194,35 @@ def predict_x0_from_eps(
     return extract(s.sqrt_recip_alphas_cumprod, t, n) * xt - extract(
         s.sqrt_recipm1_alphas_cumprod, t, n
     ) * eps
+
+
+def split_prediction(
+    out: torch.Tensor, xt: torch.Tensor, abar: torch.Tensor, kind: str = "epsilon"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂_0, ε̂) from a network output at x_t = √ᾱ x_0 + √(1-ᾱ) ε, whatever the network predicts.
+
+    ``kind`` is diffusers' ``prediction_type``; ``abar`` is ᾱ at x_t's timestep (a scalar tensor
+    or one that broadcasts against x_t); ``out`` has x_t's channels (no variance half). The one
+    place sampling converts parameterisations; :func:`predict_x0_from_eps` is the ε case indexed
+    by a :class:`Schedule`, as the variational bound needs it.
+    """
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    if kind == "v_prediction":
+        # Salimans & Ho 2022, Sec. 4: v = √ᾱ ε - √(1-ᾱ) x_0, so x_0 = √ᾱ x_t - √(1-ᾱ) v, ε = √ᾱ v + √(1-ᾱ) x_t
+        return a * xt - s * out, a * out + s * xt
+    if kind == "sample":
+        # x̂_0 predicted directly; ε̂ from DDPM Eq. 4 solved for ε
+        return out, (xt - a * out) / s
+    # DDPM Eq. 15: x̂_0 = (x_t - √(1-ᾱ) ε_θ) / √ᾱ
+    return (xt - s * out) / a, out
+
+
+def ddim_move(x0: torch.Tensor, eps: torch.Tensor, abar_to: torch.Tensor) -> torch.Tensor:
+    """DDIM with η = 0 (Song et al. 2021, Eq. 12): x_τ' = √ᾱ_τ' x̂_0 + √(1-ᾱ_τ') ε̂.
+
+    The same update moves down the grid (sampling) or up it (inversion, Eq. 13 read forwards).
+    """
+    return abar_to.sqrt() * x0 + (1 - abar_to).sqrt() * eps
 
 
 # --- reverse process ---------------------------------------------------------------------

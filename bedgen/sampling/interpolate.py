@@ -37,7 +37,7 @@ from PIL import Image
 
 from ..data.datasets import preprocess
 from ..core.device import resolve
-from ..maths.diffusion import Schedule
+from ..maths.diffusion import Schedule, ddim_move
 from ..core.errors import BedgenError
 from ..core.images import grid, load_image, to_pil, to_signed
 from .pipeline import MAX_SEED, AutoencoderPipeline, Pipeline, _check_int
@@ -112,23 +112,6 @@ def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
 def ddim_grid(timestep: int, steps: int) -> list[int]:
     """Increasing training timesteps 0 = τ_0 < ... < τ_S = timestep (at most ``steps`` gaps)."""
     return sorted({int(round(x)) for x in np.linspace(0, timestep, steps + 1)})
-
-
-def split_prediction(out: torch.Tensor, x: torch.Tensor, abar: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x̂_0, ε̂) from a network output for x_t = √ᾱ x_0 + √(1-ᾱ) ε."""
-    a, s = abar.sqrt(), (1 - abar).sqrt()
-    if kind == "v_prediction":  # Salimans & Ho 2022, Sec. 4: v = √ᾱ ε - √(1-ᾱ) x_0
-        return a * x - s * out, a * out + s * x
-    if kind == "sample":
-        return out, (x - a * out) / s
-    return (x - s * out) / a, out  # DDPM Eq. 15
-
-
-def ddim_move(x0: torch.Tensor, eps: torch.Tensor, abar_to: torch.Tensor) -> torch.Tensor:
-    """DDIM with η = 0 (Song et al. 2021, Eq. 12): x_τ' = √ᾱ_τ' x̂_0 + √(1-ᾱ_τ') ε̂.
-
-    The same update moves down (sampling) or up (inversion) the grid."""
-    return abar_to.sqrt() * x0 + (1 - abar_to).sqrt() * eps
 
 
 # --- the API ----------------------------------------------------------------------------
@@ -240,24 +223,17 @@ def _consistency_frames(pipe, runner, x0, t, lambdas, method, seed):
 
 
 class _Runner:
-    """Runs the network over batches, counting evaluations for progress."""
+    """Runs the model's denoiser over the batches of one request, counting evaluations for progress."""
 
     def __init__(self, pipe: Pipeline, placement, batch_size: int, progress: ProgressFn | None):
-        self.pipe, self.placement, self.batch_size, self.progress = pipe, placement, batch_size, progress
-        self.kind = pipe.training_scheduler.config.get("prediction_type", "epsilon")
+        self.denoiser, self.placement, self.batch_size, self.progress = pipe.denoiser, placement, batch_size, progress
         self.evaluations = 0
         self.total = 0
 
-    def _eval(self, x: torch.Tensor, timestep: Any) -> torch.Tensor:
-        device = self.placement.device
-        ts = torch.as_tensor(timestep, device=device)
-        with torch.inference_mode(), self.placement.autocast():
-            model_in = x.to(device).contiguous(memory_format=torch.channels_last)
-            out = self.pipe.unet(model_in, ts).sample
+    def _evaluated(self) -> None:
         self.evaluations += 1
         if self.progress is not None:
             self.progress(self.evaluations, max(self.total, self.evaluations))
-        return out[:, : x.shape[1]].float().cpu()  # learned-variance nets: ε part only
 
     def _batches(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(x, self.batch_size))
@@ -268,8 +244,9 @@ class _Runner:
         done = []
         for batch in self._batches(x):
             for here, there in zip(taus, taus[1:]):
-                out = self._eval(batch, here)
-                x0, eps = split_prediction(out, batch, abar[here], self.kind)
+                x0, eps = self.denoiser.split(batch.to(self.placement.device), here, abar[here], self.placement)
+                self._evaluated()
+                x0, eps = x0.cpu(), eps.cpu()
                 if clip:
                     x0 = x0.clamp(-1, 1)
                 batch = ddim_move(x0, eps, abar[there])
@@ -283,7 +260,9 @@ class _Runner:
         for batch in self._batches(x):
             scheduler.set_timesteps(timesteps=[k])  # resets the scheduler's step counter
             timestep = scheduler.timesteps[0]
-            out = self._eval(scheduler.scale_model_input(batch, timestep), timestep)
+            out = self.denoiser.scheduler_output(scheduler, batch.to(self.placement.device), timestep, self.placement)
+            self._evaluated()
+            out = out.cpu()
             generator = torch.Generator("cpu").manual_seed(seed)
             done.append(scheduler.step(out, timestep, batch, generator=generator).prev_sample)
         return torch.cat(done)

@@ -12,12 +12,13 @@ import inspect
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
@@ -29,9 +30,10 @@ from ..models import autoencoders
 from ..storage.checkpoint import is_autoencoder_checkpoint, latest_in_run, load_autoencoder_checkpoint
 from ..core.files import recover_interrupted_save
 from ..core.hub import resolve_ref
+from .denoiser import Denoiser
 from .placement import SharedPlacement
 from .schedulers import (
-    check_steps, default_sampler, is_score_scheduler, langevin_evals, make_scheduler, pc_evals, samplers_for,
+    check_steps, default_sampler, langevin_evals, make_scheduler, pc_evals, samplers_for,
     sampling_ladder,
 )
 from ..maths import score as sm
@@ -60,6 +62,8 @@ class Pipeline:
                  autoencoder: torch.nn.Module | None = None):
         self.unet = unet.eval().requires_grad_(False)
         self.training_scheduler = training_scheduler
+        # What kind of network this is gets decided here, once; every sampler goes through it.
+        self.denoiser = Denoiser.for_model(self.unet, training_scheduler)
         self.info = info
         # Latent diffusion: the UNet runs on autoencoder latents z·s (s = scaling_factor).
         self.autoencoder = autoencoder.eval().requires_grad_(False) if autoencoder is not None else None
@@ -221,7 +225,7 @@ class Pipeline:
 
     @property
     def is_score_model(self) -> bool:
-        return is_score_scheduler(self.training_scheduler)
+        return self.denoiser.kind == "score"
 
     def _score_config(self) -> Any:
         from ..config.schema import ScoreConfig
@@ -277,11 +281,8 @@ class Pipeline:
         frames: list[torch.Tensor] = []
         timesteps = scheduler.timesteps
         for i, t in enumerate(timesteps):
-            model_input = scheduler.scale_model_input(x, t)
-            with placement.autocast():
-                out = self.unet(model_input.contiguous(memory_format=torch.channels_last), t).sample
-            out = self._match_output(out.float(), x, scheduler)
-            x0 = _predicted_x0(scheduler, out, t, x) if trajectory_every else None
+            out = self.denoiser.scheduler_output(scheduler, x, t, placement)
+            x0 = self._trajectory_x0(scheduler, out, t, x) if trajectory_every else None
             step = scheduler.step(out, t, x, **noise_kwargs)
             x = step.prev_sample
             on_eval()
@@ -308,11 +309,7 @@ class Pipeline:
         x = torch.stack([torch.randn(channels, size, size, generator=g) for g in generators])
         x = (x * float(sigmas[0])).to(placement.device)  # the prior N(0, σ_1² I)
         frames: list[torch.Tensor] = []
-
-        def score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            with placement.autocast():
-                out = self.unet(x.contiguous(memory_format=torch.channels_last), sigma).sample
-            return out.float()
+        score = partial(self.denoiser.score, placement=placement)
 
         def keep_frame(level: int, x: torch.Tensor) -> None:
             if trajectory_every and level % trajectory_every == 0:
@@ -329,14 +326,13 @@ class Pipeline:
             frames.append(final)
         return final, frames
 
-    def _match_output(self, out: torch.Tensor, x: torch.Tensor, scheduler: SchedulerMixin) -> torch.Tensor:
-        """Learned-variance networks output [ε, v]; only DDPM ancestral sampling uses v."""
-        if out.shape[1] == x.shape[1]:
-            return out
-        learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
-        if isinstance(scheduler, DDPMScheduler) and learned:
-            return out
-        return out[:, : x.shape[1]]
+    def _trajectory_x0(self, scheduler: SchedulerMixin, out: torch.Tensor, t: Any, x: torch.Tensor) -> torch.Tensor:
+        """x̂0 for a trajectory frame, with the sampler's own ᾱ; a scheduler without an ᾱ
+        schedule (consistency) shows x_t itself."""
+        alphas = getattr(scheduler, "alphas_cumprod", None)
+        if alphas is None:
+            return x
+        return self.denoiser.split_output(out, x, alphas[int(t)])[0]
 
 
 class AutoencoderPipeline:
@@ -446,21 +442,6 @@ class AutoencoderPipeline:
         x = to_signed(np.stack(pixels))
         with self.placement.use(placement), placement.autocast():
             return to_pil(self.decode(self.encode(x.to(placement.device))))
-
-
-def _predicted_x0(scheduler: SchedulerMixin, out: torch.Tensor, t: Any, x: torch.Tensor) -> torch.Tensor:
-    """x̂0 from the network output in VP parameterisation (Ho et al. 2020, Eq. 15)."""
-    alphas = getattr(scheduler, "alphas_cumprod", None)
-    if alphas is None:
-        return x
-    a = alphas[int(t)].to(x.device)
-    eps = out[:, : x.shape[1]]
-    kind = scheduler.config.get("prediction_type", "epsilon")
-    if kind == "sample":
-        return eps
-    if kind == "v_prediction":  # Salimans & Ho 2022, Sec. 4
-        return a.sqrt() * x - (1 - a).sqrt() * eps
-    return (x - (1 - a).sqrt() * eps) / a.sqrt()
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:
