@@ -69,3 +69,28 @@ def test_an_input_refused_while_read_fails_the_event_before_it_runs():
         reported(lambda a, b: ran.append(1), "interpolation")(
             RefusedInput("Image A must be an image uploaded to this app; upload it again"), None)
     assert not ran
+
+
+def test_bedgen_inputs_render_as_the_stock_components():
+    """The browser picks a component's code by its block name: a template subclass must
+    name the stock component it stands in for, or the page never finishes loading."""
+    from bedgen.ui.components import Checkboxes, Choice, ImageUpload, Options, RawNumber, RawSlider
+
+    expected = {Choice: "dropdown", Options: "radio", Checkboxes: "checkboxgroup", RawNumber: "number",
+                RawSlider: "slider", ImageUpload: "image"}
+    for component, name in expected.items():
+        assert component(label="x").get_block_name() == name, component
+
+
+def test_a_value_outside_the_choices_is_one_clipped_line_naming_the_field():
+    from bedgen.ui.components import Checkboxes, Choice, Options
+    from bedgen.ui.errors import RefusedInput
+
+    junk = "€x" * 2**19
+    for component in (Choice(["a", "b"], label="Sampler"), Options(["a", "b"], label="Method")):
+        refused = component.preprocess(junk)
+        assert isinstance(refused, RefusedInput) and refused.message.startswith(component.label + " must be one of")
+        assert len(refused.message) < 200
+        assert component.preprocess("a") == "a"
+    refused = Checkboxes(["a", "b"], label="Metrics").preprocess([junk])
+    assert isinstance(refused, RefusedInput) and len(refused.message) < 200

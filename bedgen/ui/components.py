@@ -36,30 +36,39 @@ class RawNumber(gr.Number):
         return payload
 
 
-class _RefusesOutsideChoices:
+def _within_choices(component: Any, preprocess: Any, payload: Any) -> Any:
     """Gradio refuses a value outside a choice component's choices by quoting the value and
     every choice in full, with a logged traceback: a megabyte sent as a sampler name came
     back (and went into the log) whole. The refusal goes to the event instead, one clipped
     line naming the field (bedgen.ui.errors)."""
+    try:
+        return preprocess(payload)
+    except (gr.Error, TypeError):
+        return RefusedInput(f"{component.label or 'the choice'} must be one of the listed choices, "
+                            f"got {short_repr(payload)}")
+
+
+# Templates name their stock component as their first base class (the browser renders that one),
+# so each subclasses the stock component directly.
+class Choice(gr.Dropdown):
+    is_template = True
 
     def preprocess(self, payload: Any) -> Any:
-        try:
-            return super().preprocess(payload)  # type: ignore[misc]
-        except (gr.Error, TypeError):
-            return RefusedInput(f"{self.label or 'the choice'} must be one of the listed choices, "
-                                f"got {short_repr(payload)}")
+        return _within_choices(self, super().preprocess, payload)
 
 
-class Choice(_RefusesOutsideChoices, gr.Dropdown):
+class Options(gr.Radio):
     is_template = True
 
+    def preprocess(self, payload: Any) -> Any:
+        return _within_choices(self, super().preprocess, payload)
 
-class Options(_RefusesOutsideChoices, gr.Radio):
+
+class Checkboxes(gr.CheckboxGroup):
     is_template = True
 
-
-class Checkboxes(_RefusesOutsideChoices, gr.CheckboxGroup):
-    is_template = True
+    def preprocess(self, payload: Any) -> Any:
+        return _within_choices(self, super().preprocess, payload)
 
 
 class ImageUpload(gr.Image):
