@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..core.checks import real_number
 from ..core.errors import BedgenError
 
 Square = Literal["crop", "pad-white"]
@@ -257,8 +258,7 @@ class FinetuneConfig:
     prior_weight: float = 1.0  # λ of the prior-preservation term
 
     def validate(self) -> None:
-        if not (self.prior_weight >= 0 and self.prior_weight < float("inf")):
-            raise BedgenError(f"finetune.prior_weight must be a number >= 0, got {self.prior_weight}")
+        real_number("finetune.prior_weight", self.prior_weight, 0.0)
         if self.class_data is not None and not self.init_from:
             raise BedgenError("finetune.class_data needs finetune.init_from: the model whose prior is preserved")
 

@@ -43,6 +43,7 @@ from ..storage.checkpoint import RUN_JSON
 from ..core.files import write_json
 from ..config.overrides import all_fields, coerce, field_hint, override, suggest
 from ..config.schema import PRESETS, BedgenConfig, preset
+from ..core.checks import whole_number
 from ..core.errors import BedgenError
 
 Mode = Literal["grid", "one-at-a-time"]
@@ -224,10 +225,10 @@ class _Parser:
         return {}
 
     def _positive(self, key: str) -> int:
-        value = self.raw[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.fail(f"{key}: must be a whole number of at least 1, got {value!r}", key)
-        return value
+        try:
+            return whole_number(f"{key}:", self.raw[key], 1)
+        except BedgenError as e:
+            self.fail(str(e), key)
 
     def _fid(self) -> dict[str, Any]:
         """``fid: {every, samples, ref, ...}`` -> the trainer's train.fid_* fields."""
@@ -299,9 +300,7 @@ class _Parser:
         return axis
 
     def _seeds(self, base_preset: str, base: dict[str, Any]) -> tuple[int, ...]:
-        repeats = self.raw.get("repeats")
-        if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
-            self.fail(f"repeats: must be a whole number of at least 1, got {repeats!r}", "repeats")
+        repeats = self._positive("repeats") if self.raw.get("repeats") is not None else None
         seeds = self.raw.get("seeds")
         if seeds is None:
             first = base.get("train.seed", PRESETS[base_preset].train.seed)

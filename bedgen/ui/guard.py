@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from ..core.errors import BedgenError
-from .settings import AppSettings, _env_int
+from .settings import AppSettings, env_int
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -80,12 +80,12 @@ class GuardSettings:
             allowed_hosts=frozenset(names),
             behind_space_proxy=bool(os.environ.get("SPACE_ID")),
             login=bool(settings.auth),
-            login_lockout_s=_env_int("BEDGEN_LOGIN_LOCKOUT_S", 60),
+            login_lockout_s=env_int("BEDGEN_LOGIN_LOCKOUT_S", 60),
             # A browser tab holds one or two queued events at a time; a script that floods does not.
-            max_pending_per_visitor=_env_int("BEDGEN_MAX_PENDING_PER_VISITOR", 4 if settings.public else 0),
+            max_pending_per_visitor=env_int("BEDGEN_MAX_PENDING_PER_VISITOR", 4 if settings.public else 0),
             # A browser opens the result stream right after sending; 30 s also covers a slow
             # network. Off locally: the owner's own scripts may read late on a busy machine.
-            abandon_after_s=_env_int("BEDGEN_ABANDON_AFTER_S", 30 if settings.public else 0),
+            abandon_after_s=env_int("BEDGEN_ABANDON_AFTER_S", 30 if settings.public else 0),
         )
 
 

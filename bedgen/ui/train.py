@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from ..config.schema import PRESETS
+from ..core.checks import real_number, whole_number
 from ..core.errors import BedgenError
 from ..core.hub import parse_hub_ref
 from .components import RawNumber, RawSlider
@@ -146,8 +147,6 @@ class TrainingJobs:
 def check_request(settings: AppSettings, data: Any, preset: Any, resolution: Any, max_steps: Any,
                   batch_size: Any, lr: Any, optimizer: Any, run_name: Any, autoencoder: Any = "") -> TrainRequest:
     """Validate the form; paths must stay inside the configured data roots."""
-    from .generate import whole_number
-
     if preset not in PRESETS:
         raise BedgenError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if optimizer not in OPTIMIZERS:
@@ -170,13 +169,7 @@ def _check_run(run_name: Any, lr: Any) -> float:
     """The run name's shape and the learning rate, checked the same way in both modes."""
     if not isinstance(run_name, str) or not RUN_NAME.match(run_name.strip()):
         raise BedgenError("run name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    try:
-        rate = float(lr)
-    except (TypeError, ValueError):
-        raise BedgenError(f"learning rate must be a number, got {lr!r}") from None
-    if not 0 < rate < 1:
-        raise BedgenError(f"learning rate must be between 0 and 1, got {lr!r}")
-    return rate
+    return real_number("learning rate", lr, 0.0, 1.0, low_open=True, high_open=True)
 
 
 def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any, prior_weight: Any,
@@ -184,15 +177,8 @@ def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any
                            run_name: Any) -> FinetuneJob:
     """Validate the fine-tune form: the model under the checkpoints folder (or a Hub id), the
     instance images under the data roots."""
-    from .generate import whole_number
-
     rate = _check_run(run_name, lr)
-    try:
-        weight = float(prior_weight)
-    except (TypeError, ValueError):
-        raise BedgenError(f"prior weight must be a number, got {prior_weight!r}") from None
-    if not 0 <= weight <= 100:
-        raise BedgenError(f"prior weight must be between 0 and 100, got {prior_weight!r}")
+    weight = real_number("prior weight", prior_weight, 0.0, 100.0)
     return FinetuneJob(
         model=_check_model_ref(settings, model, "the model to fine-tune"),
         instance_data=_check_data_source(settings, instance_data),
