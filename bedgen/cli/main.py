@@ -17,6 +17,7 @@ from . import arguments
 from .progress import StageProgress, TqdmProgress
 from .share import SHARE_SUBCOMMANDS
 from ..core.errors import BedgenError
+from ..storage.run_folder import RunFolder
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -243,7 +244,7 @@ def train_config_from_args(args: argparse.Namespace):
     for item in args.set:
         field, value = parse_assignment(item)
         changes[field] = value
-    if args.resume and (args.out / "bedgen-run.json").is_file():
+    if args.resume and RunFolder(args.out).is_run():
         base = _resumed_config(args.out)
     elif getattr(args, "config", None) is not None:
         base = _config_file(args.config)
@@ -258,14 +259,14 @@ def train_config_from_args(args: argparse.Namespace):
 def _resumed_config(run: Path):
     """The config of the run being resumed: its newest checkpoint's or, when it was killed
     before its first checkpoint, the one its bedgen-run.json recorded at the start."""
-    from ..storage.checkpoint import RUN_JSON, latest_in_run, read_description
+    from ..storage.checkpoint import latest_in_run, read_description
     from ..config.schema import BedgenConfig
     from ..core.errors import ModelNotFoundError
 
     try:
         return BedgenConfig.from_dict(read_description(latest_in_run(run))["config"])
     except ModelNotFoundError:
-        started = json.loads((run / RUN_JSON).read_text()).get("config")
+        started = RunFolder(run).state().get("config")
         if started is None:
             raise
         return BedgenConfig.from_dict(started)

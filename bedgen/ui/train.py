@@ -27,6 +27,7 @@ from ..config.schema import PRESETS
 from ..core.checks import real_number, whole_number
 from ..core.errors import BedgenError
 from ..core.hub import parse_hub_ref
+from ..storage.run_folder import RunFolder
 from .components import RawNumber, RawSlider
 from .errors import listen
 from .security import inside, local_folder
@@ -259,12 +260,10 @@ def _local_refs(settings: AppSettings) -> list[str]:
 
 def finetune_summary(run: Path) -> str | None:
     """The fine-tune report as one line, once the run has written it."""
-    from ..training.finetune import REPORT_JSON
-
+    report = RunFolder(run).finetune_report()
     try:
-        report = json.loads((run / REPORT_JSON).read_text())
         before, after = report["source"], report["finetuned"]
-    except (OSError, ValueError, KeyError):
+    except KeyError:
         return None
     return (f"LPIPS to the nearest instance: {before['lpips_to_nearest_instance']:.3f} → "
             f"{after['lpips_to_nearest_instance']:.3f} (lower = closer) · mean pairwise LPIPS: "
@@ -277,17 +276,9 @@ def read_status(jobs: TrainingJobs) -> tuple[str, list[dict[str, Any]], str | No
     run = jobs.run_dir
     if run is None:
         return "No run started yet.", [], None
-    state: dict[str, Any] = {}
-    if (run / "bedgen-run.json").is_file():
-        state = json.loads((run / "bedgen-run.json").read_text())
-    records = []
-    if (run / "metrics.jsonl").is_file():
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue  # a line being written right now
-    losses = [r for r in records if "loss" in r]
+    folder = RunFolder(run)
+    state = folder.state()
+    losses = [r for r in folder.metrics() if "loss" in r]
     alive = jobs.running()
     status = state.get("status", "starting") if alive or state else "starting"
     if alive and status in ("stopped", "finished"):
@@ -312,8 +303,8 @@ def read_status(jobs: TrainingJobs) -> tuple[str, list[dict[str, Any]], str | No
         parts.append(summary)
     if status in ("exited", "diverged") or (not alive and not state):
         parts.append(f"```\n{jobs.log_tail()}\n```")
-    preview = run / "previews" / "latest.png"
-    return "\n\n".join(parts), losses, str(preview) if preview.is_file() else None
+    preview = folder.latest_preview()
+    return "\n\n".join(parts), losses, str(preview) if preview is not None else None
 
 
 def loss_frame(losses: list[dict[str, Any]]) -> "pd.DataFrame":
