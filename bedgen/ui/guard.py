@@ -32,6 +32,7 @@ connection comes from Hugging Face's proxy; see :func:`visitor_of`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import math
 import os
@@ -341,13 +342,8 @@ class Guard:
         elif method == "POST" and QUEUE_POSTS.match(path):
             await self._admit(scope, receive, send)
         elif (key := self.work.stream_key(scope)) is not None:
-            self.work.readers[key] += 1
-            try:
+            with _counted(self.work.readers, key):
                 await self.app(scope, receive, send)
-            finally:
-                self.work.readers[key] -= 1
-                if self.work.readers[key] <= 0:
-                    del self.work.readers[key]
         else:
             await self.app(scope, receive, send)
 
@@ -369,13 +365,21 @@ class Guard:
         if reason := self.work.refusal(who):
             await _refuse(scope, send, 429, reason)
             return
-        self.work.admitting[who] += 1  # counted until the event is in the queue
-        try:
+        with _counted(self.work.admitting, who):  # counted until the event is in the queue
             await self.app(scope, receive, send)
-        finally:
-            self.work.admitting[who] -= 1
-            if self.work.admitting[who] <= 0:
-                del self.work.admitting[who]
+
+
+@contextlib.contextmanager
+def _counted(counter: Counter, key: Any) -> Iterator[None]:
+    """``counter[key]`` is one higher while the block runs; a key back at zero is removed, so
+    the counter holds only visitors (or streams) with something in flight."""
+    counter[key] += 1
+    try:
+        yield
+    finally:
+        counter[key] -= 1
+        if counter[key] <= 0:
+            del counter[key]
 
 
 async def _refuse(scope: dict, send: Any, status: int, reason: str) -> None:

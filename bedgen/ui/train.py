@@ -152,25 +152,27 @@ def check_request(settings: AppSettings, data: Any, preset: Any, resolution: Any
         raise BedgenError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if optimizer not in OPTIMIZERS:
         raise BedgenError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    rate = _check_run(run_name, lr)
+    shared = _shared_fields(run_name, lr, max_steps, batch_size)
     return TrainRequest(
         data=_check_data_source(settings, data),
         preset=preset,
         resolution=whole_number("resolution", resolution, 8, 1024),
-        max_steps=whole_number("steps", max_steps, 1, 10_000_000),
-        batch_size=whole_number("batch size", batch_size, 1, 4096),
-        lr=rate,
         optimizer=optimizer,
-        run_name=run_name.strip(),
         autoencoder=_check_autoencoder(settings, preset, autoencoder),
+        **shared,
     )
 
 
-def _check_run(run_name: Any, lr: Any) -> float:
-    """The run name's shape and the learning rate, checked the same way in both modes."""
+def _shared_fields(run_name: Any, lr: Any, max_steps: Any, batch_size: Any) -> dict[str, Any]:
+    """The fields both modes have (run name, learning rate, steps, batch size), checked the same way."""
     if not isinstance(run_name, str) or not RUN_NAME.match(run_name.strip()):
         raise BedgenError("run name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return real_number("learning rate", lr, 0.0, 1.0, low_open=True, high_open=True)
+    return dict(
+        run_name=run_name.strip(),
+        lr=real_number("learning rate", lr, 0.0, 1.0, low_open=True, high_open=True),
+        max_steps=whole_number("steps", max_steps, 1, 10_000_000),
+        batch_size=whole_number("batch size", batch_size, 1, 4096),
+    )
 
 
 def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any, prior_weight: Any,
@@ -178,17 +180,14 @@ def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any
                            run_name: Any) -> FinetuneJob:
     """Validate the fine-tune form: the model under the checkpoints folder (or a Hub id), the
     instance images under the data roots."""
-    rate = _check_run(run_name, lr)
+    shared = _shared_fields(run_name, lr, max_steps, batch_size)
     weight = real_number("prior weight", prior_weight, 0.0, 100.0)
     return FinetuneJob(
         model=_check_model_ref(settings, model, "the model to fine-tune"),
         instance_data=_check_data_source(settings, instance_data),
         prior_weight=weight,
         num_class_images=whole_number("class images", num_class_images, 0, 10_000),
-        max_steps=whole_number("steps", max_steps, 1, 10_000_000),
-        batch_size=whole_number("batch size", batch_size, 1, 4096),
-        lr=rate,
-        run_name=run_name.strip(),
+        **shared,
     )
 
 
