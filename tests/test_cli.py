@@ -71,7 +71,7 @@ def test_batch_size_1_and_4_agree_within_one_level(tiny_checkpoint, tmp_path):
         (["--num-images", "-1"], "--num-images/-n: must be at least 1"),
         (["--num-images", "0"], "--num-images/-n: must be at least 1"),
         (["--num-images", "1000000000"], "--num-images must be at most 100000"),
-        (["--seed", "abc"], "the seed must be a whole number"),
+        (["--seed", "abc"], "--seed: must be a whole number"),
         (["--dtype", "fp8"], "invalid choice: 'fp8'"),
     ],
 )

@@ -255,7 +255,7 @@ def bad_inputs(root, rooms, weights, stats64):
     ({"--ref": "missing"}, "do not exist; make them with bedgen ref-stats"),
     ({"--ref": "stats-32"}, "holds statistics of 32 px images but the model makes 16 px images"),
     ({"--ref": "adm-32"}, "holds statistics of 32 px images but the model makes 16 px images"),
-    ({"-n": "1"}, "FID needs at least 2 samples"),
+    ({"-n": "1"}, "number of samples must be at least 2"),
     ({"--metrics": "fid,foo"}, "unknown metric 'foo'; choose from fid, kid, is, pr"),
     ({"--ref": "no-mu"}, "has no mu and sigma"),
     ({"--ref": "pickled"}, "cannot read reference statistics"),
@@ -283,7 +283,7 @@ def test_ref_stats_refuses_an_output_that_is_not_npz(rooms, weights, tmp_path, c
 
 def test_python_api_errors_are_bedgen_errors(model, stats64, weights):
     pipe = bedgen.load(str(model))
-    with pytest.raises(BedgenError, match="at least 2 samples"):
+    with pytest.raises(BedgenError, match="number of samples must be at least 2"):
         evaluate(pipe, stats64, num_samples=1, inception_weights=weights)
     with pytest.raises(BedgenError, match="unknown Inception feature layer"):
         compute_reference_stats(str(stats64.parent), SIZE, feature_layer="1000", inception_weights=weights)

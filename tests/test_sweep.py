@@ -298,7 +298,7 @@ def test_shipped_sweeps_parse_and_plan():
         ("grid: {}\n", "grid: needs at least one field"),
         ("grid:\n  train.lr: []\n", "line 2: 'train.lr' has no values"),
         ("grid:\n  train.lr: 0.1\n", "'train.lr' must list its values"),
-        ("repeats: 0\ngrid:\n  train.lr: [0.1]\n", "line 1: repeats: must be a whole number of at least 1, got 0"),
+        ("repeats: 0\ngrid:\n  train.lr: [0.1]\n", "line 1: repeats: must be at least 1, got 0"),
         ("mode: random\ngrid:\n  train.lr: [0.1]\n", "unknown mode 'random'; choose grid or one-at-a-time"),
         ("grid:\n  train.lr: [0.1\nrepeats: 2\n", "YAML syntax error at line 3"),
         ("grid:\n  preset: [tiny, huge]\n", "unknown preset 'huge'"),

@@ -13,29 +13,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import arguments
 from .progress import StageProgress, TqdmProgress
 from .share import SHARE_SUBCOMMANDS
 from ..core.errors import BedgenError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"the seed must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"the seed must be 0 or more, got {value}")
-    return value
+from ..storage.run_folder import RunFolder
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -43,15 +25,15 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("sample", help="generate images from a model")
     p.add_argument("--model", required=True, help="local checkpoint directory or Hub id org/name[@revision]")
-    p.add_argument("--num-images", "-n", type=_positive_int, default=4)
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--num-images", "-n", type=arguments.positive_int, default=4)
+    p.add_argument("--steps", type=arguments.positive_int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--scheduler", default=None,
                    help="sampler: ddpm, ddim, dpmsolver++, unipc, euler, euler-a, heun; langevin, pc for score models")
-    p.add_argument("--step-size", type=float, default=None,
+    p.add_argument("--step-size", type=arguments.number, default=None,
                    help="score models: Langevin ε, or the corrector's snr for --scheduler pc (default: the model's)")
-    p.add_argument("--seed", type=_seed, default=0, help="image i uses seed SEED+i")
+    p.add_argument("--seed", type=arguments.seed, default=0, help="image i uses seed SEED+i")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=arguments.positive_int, default=None)
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
     p.set_defaults(func=cmd_sample)
@@ -110,17 +92,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fraction(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-
-
-def _fractions(text: str) -> list[float]:
-    return [_fraction(part) for part in text.split(",") if part.strip()]
-
-
 def _add_interpolate(sub: argparse._SubParsersAction) -> None:
     from ..core.device import DEVICES, DTYPES
     from ..sampling.interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS
@@ -129,13 +100,13 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="local checkpoint directory or Hub id org/name[@revision]")
     p.add_argument("--image-a", required=True, type=Path, help="first image (any size; preprocessed like the training data)")
     p.add_argument("--image-b", required=True, type=Path, help="second image")
-    p.add_argument("--t", type=_fraction, default=DEFAULT_T,
+    p.add_argument("--t", type=arguments.number, default=DEFAULT_T,
                    help="noise level as a fraction of the training steps: small = blends, large = new rooms")
-    p.add_argument("--frames", type=_positive_int, default=DEFAULT_FRAMES, help="frames with λ evenly from 0 to 1")
-    p.add_argument("--weights", type=_fractions, default=None, help="explicit λ values, e.g. 0.25,0.5 (overrides --frames)")
+    p.add_argument("--frames", type=arguments.positive_int, default=DEFAULT_FRAMES, help="frames with λ evenly from 0 to 1")
+    p.add_argument("--weights", type=arguments.numbers, default=None, help="explicit λ values, e.g. 0.25,0.5 (overrides --frames)")
     p.add_argument("--method", choices=METHODS, default="noise")
-    p.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help="DDIM steps between t and 0")
-    p.add_argument("--seed", type=_seed, default=0, help="picks the shared noise (method 'noise')")
+    p.add_argument("--steps", type=arguments.positive_int, default=DEFAULT_STEPS, help="DDIM steps between t and 0")
+    p.add_argument("--seed", type=arguments.seed, default=0, help="picks the shared noise (method 'noise')")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
@@ -243,7 +214,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--config", type=Path, default=None,
                    help="a JSON config file (e.g. train/presets/ddpm-mid.json) instead of --preset")
-    p.add_argument("--resolution", type=_positive_int, default=None, help="image size (default: the preset's)")
+    p.add_argument("--resolution", type=arguments.positive_int, default=None, help="image size (default: the preset's)")
     p.add_argument("--out", required=True, type=Path, help="run folder; also a model REF for 'bedgen sample'")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -273,7 +244,7 @@ def train_config_from_args(args: argparse.Namespace):
     for item in args.set:
         field, value = parse_assignment(item)
         changes[field] = value
-    if args.resume and (args.out / "bedgen-run.json").is_file():
+    if args.resume and RunFolder(args.out).is_run():
         base = _resumed_config(args.out)
     elif getattr(args, "config", None) is not None:
         base = _config_file(args.config)
@@ -288,14 +259,14 @@ def train_config_from_args(args: argparse.Namespace):
 def _resumed_config(run: Path):
     """The config of the run being resumed: its newest checkpoint's or, when it was killed
     before its first checkpoint, the one its bedgen-run.json recorded at the start."""
-    from ..storage.checkpoint import RUN_JSON, latest_in_run, read_description
+    from ..storage.checkpoint import latest_in_run, read_description
     from ..config.schema import BedgenConfig
     from ..core.errors import ModelNotFoundError
 
     try:
         return BedgenConfig.from_dict(read_description(latest_in_run(run))["config"])
     except ModelNotFoundError:
-        started = json.loads((run / RUN_JSON).read_text()).get("config")
+        started = RunFolder(run).state().get("config")
         if started is None:
             raise
         return BedgenConfig.from_dict(started)
@@ -329,16 +300,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune", help="fine-tune a model on a few instance images, with prior preservation",
@@ -349,18 +310,18 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="the model to start from (run folder, checkpoint or Hub id with bedgen.json)")
     p.add_argument("--instance-data", help="folder with the instance images")
     p.add_argument("--out", required=True, type=Path, help="run folder (a model REF when done)")
-    p.add_argument("--prior-weight", type=_nonnegative_float, default=1.0,
+    p.add_argument("--prior-weight", type=arguments.nonnegative_number, default=1.0,
                    help="λ, the weight of the class images' loss; 0 = no prior preservation (default: 1)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--class-data", help="folder of class images (default: sample them from --model)")
-    source.add_argument("--num-class-images", type=int, default=100,
+    source.add_argument("--num-class-images", type=arguments.count, default=100,
                         help="class images to sample from --model into OUT/class-images (default: 100)")
-    p.add_argument("--steps", type=_positive_int, default=400, help="optimizer steps (default: 400)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's training rate / 10)")
-    p.add_argument("--batch-size", type=_positive_int, default=4,
+    p.add_argument("--steps", type=arguments.positive_int, default=400, help="optimizer steps (default: 400)")
+    p.add_argument("--lr", type=arguments.number, default=None, help="learning rate (default: the model's training rate / 10)")
+    p.add_argument("--batch-size", type=arguments.positive_int, default=4,
                    help="instance images per step; as many class images join them (default: 4)")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--report-samples", type=_positive_int, default=16,
+    p.add_argument("--seed", type=arguments.seed, default=0)
+    p.add_argument("--report-samples", type=arguments.positive_int, default=16,
                    help="samples per model for the LPIPS report (default: 16)")
     p.add_argument("--lpips-weights", default=None,
                    help="torchvision AlexNet weights file for LPIPS (default: torchvision's download)")
@@ -398,12 +359,12 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="decode a dataset once into uint8 shards at the training resolution")
     p.add_argument("--src", required=True, help="image folder, LSUN LMDB or Hugging Face dataset id/dir")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--resolution", required=True, type=_positive_int)
-    p.add_argument("--fraction", type=float, default=1.0)
-    p.add_argument("--subset-seed", type=int, default=0)
+    p.add_argument("--resolution", required=True, type=arguments.positive_int)
+    p.add_argument("--fraction", type=arguments.number, default=1.0)
+    p.add_argument("--subset-seed", type=arguments.seed, default=0)
     p.add_argument("--square", choices=("crop", "pad-white"), default="crop")
     p.add_argument("--image-column", default=None)
-    p.add_argument("--shard-size", type=_positive_int, default=4096)
+    p.add_argument("--shard-size", type=arguments.positive_int, default=4096)
     p.set_defaults(func=cmd_prepare)
 
 
@@ -435,14 +396,14 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build an LPIPS nearest-neighbour index of a dataset (resumable)")
     p.add_argument("--data", required=True, help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or prepared shards")
     p.add_argument("--out", required=True, type=Path, help="index folder; rerun the same command to resume")
-    p.add_argument("--resolution", type=_positive_int, default=64, help="images are squared and resized like training data")
+    p.add_argument("--resolution", type=arguments.positive_int, default=64, help="images are squared and resized like training data")
     p.add_argument("--net", choices=NETS, default="alex", help="LPIPS backbone")
     p.add_argument("--lpips-weights", type=Path, default=None, help=LPIPS_WEIGHTS_HELP)
     p.add_argument("--square", choices=SQUARES, default="crop")
-    p.add_argument("--fraction", type=_fraction, default=1.0, help="index a reproducible subset in (0, 1]")
+    p.add_argument("--fraction", type=arguments.number, default=1.0, help="index a reproducible subset in (0, 1]")
     p.add_argument("--image-column", default=None, help="Hugging Face datasets: the image column")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--shard-size", type=_positive_int, default=4096, help="images per shard file")
+    p.add_argument("--batch-size", type=arguments.positive_int, default=64)
+    p.add_argument("--shard-size", type=arguments.positive_int, default=4096, help="images per shard file")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(func=cmd_index)
 
@@ -508,7 +469,7 @@ def _add_neighbours(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--index", required=True, type=Path, help="a folder made by 'bedgen index'")
     p.add_argument("--image", required=True, type=Path, help="the query image (any size; preprocessed like the index)")
-    p.add_argument("-k", type=_positive_int, default=5, help="how many neighbours")
+    p.add_argument("-k", type=arguments.positive_int, default=5, help="how many neighbours")
     p.add_argument("--lpips-weights", type=Path, default=None,
                    help="the backbone weights the index was built with, if not at the path it records")
     p.add_argument("--exhaustive", action="store_true", help="scan every stored embedding instead of the PCA prefilter")
@@ -562,19 +523,19 @@ def _add_ref_stats(sub: argparse._SubParsersAction) -> None:
                     "Inception and writes mu, sigma, a seeded subset of the features and what they were made from.",
     )
     p.add_argument("--data", required=True, help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or prepared shards")
-    p.add_argument("--resolution", required=True, type=_positive_int, help="the resolution of the models to compare")
+    p.add_argument("--resolution", required=True, type=arguments.positive_int, help="the resolution of the models to compare")
     p.add_argument("--out", required=True, type=Path, help="statistics file, e.g. stats/lsun-bedroom-64.npz")
     p.add_argument("--square", choices=SQUARES, default="crop", help="as the models' training data")
-    p.add_argument("--fraction", type=_fraction, default=1.0, help="a reproducible subset in (0, 1]")
-    p.add_argument("--subset-seed", type=int, default=0)
+    p.add_argument("--fraction", type=arguments.number, default=1.0, help="a reproducible subset in (0, 1]")
+    p.add_argument("--subset-seed", type=arguments.seed, default=0)
     p.add_argument("--image-column", default=None, help="Hugging Face datasets: the image column")
     p.add_argument("--inception-weights", type=Path, default=None, help=INCEPTION_WEIGHTS_HELP)
-    p.add_argument("--max-features", type=int, default=DEFAULT_MAX_FEATURES,
+    p.add_argument("--max-features", type=arguments.count, default=DEFAULT_MAX_FEATURES,
                    help="features kept for KID and precision/recall (a seeded subset; 0 = FID only)")
     p.add_argument("--dims", choices=FEATURE_LAYERS, default="2048",
                    help="Inception layer: 2048 = pool3, the standard (only it compares with papers); "
                         "64/192/768 are cheaper, for quick CPU checks and in-training curves")
-    p.add_argument("--batch-size", type=_positive_int, default=50)
+    p.add_argument("--batch-size", type=arguments.positive_int, default=50)
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(func=cmd_ref_stats)
 
@@ -612,14 +573,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", required=True,
                    help="a .npz from 'bedgen ref-stats', an ADM reference batch (mu, sigma), or a data source "
                         "(statistics made with the model's preprocessing, cached in $BEDGEN_CACHE or ~/.cache/bedgen)")
-    p.add_argument("--num-samples", "-n", type=_positive_int, default=10_000,
+    p.add_argument("--num-samples", "-n", type=arguments.positive_int, default=10_000,
                    help="generated images (50000 for numbers comparable to papers)")
     p.add_argument("--metrics", default=None,
                    help="comma-separated from fid,kid,is,pr (default: all the reference supports; fid,is for mu/sigma only)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--steps", type=arguments.positive_int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--scheduler", default=None, help="sampler (default: the model's)")
-    p.add_argument("--seed", type=_seed, default=0, help="image i uses seed SEED+i")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per sampling and Inception batch")
+    p.add_argument("--seed", type=arguments.seed, default=0, help="image i uses seed SEED+i")
+    p.add_argument("--batch-size", type=arguments.positive_int, default=None, help="images per sampling and Inception batch")
     p.add_argument("--inception-weights", type=Path, default=None, help=INCEPTION_WEIGHTS_HELP)
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="of the diffusion model (Inception runs in fp32)")
@@ -678,7 +639,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--gpus", type=_gpu_list, default=None,
                        help="one worker per listed GPU (CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3")
-    where.add_argument("--parallel", type=_positive_int, default=1, help="runs at once on this machine (CPU)")
+    where.add_argument("--parallel", type=arguments.positive_int, default=1, help="runs at once on this machine (CPU)")
     p.add_argument("--dry-run", action="store_true", help="list the planned runs and what would happen; train nothing")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite results.csv, results.md and the plots from the runs on disk; train nothing")

@@ -11,19 +11,10 @@ import argparse
 import sys
 
 from ..core.errors import BedgenError
+from .arguments import whole_in
 
 ENVIRONMENT = ("environment: HF_TOKEN (a token with write access; else the one saved by 'hf auth login'), "
                "HF_ENDPOINT (another Hub), HF_HOME (where the token, the cache and the list of pushed models live)")
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 64, got {value}")
-    return value
 
 
 def add_push(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +35,7 @@ def add_push(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--message", default=None, help="commit message (default: what and which step)")
     p.add_argument("--include-training-state", action="store_true",
                    help="also upload training_state/, so the run can be resumed from the Hub (bedgen pull --include-training-state)")
-    p.add_argument("--samples", type=_count, default=DEFAULT_SAMPLES,
+    p.add_argument("--samples", type=whole_in(0, 64), default=DEFAULT_SAMPLES,
                    help=f"images in samples.png, seeds 0..N-1 with the model's default sampler; 0 = none (default {DEFAULT_SAMPLES})")
     p.add_argument("--license", default=DEFAULT_LICENSE, help=f"license id for the model card (default {DEFAULT_LICENSE})")
     p.add_argument("--device", choices=DEVICES, default="auto", help="for the sample grid")

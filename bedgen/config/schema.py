@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..core.checks import real_number
 from ..core.errors import BedgenError
 
 Square = Literal["crop", "pad-white"]
@@ -257,8 +258,7 @@ class FinetuneConfig:
     prior_weight: float = 1.0  # λ of the prior-preservation term
 
     def validate(self) -> None:
-        if not (self.prior_weight >= 0 and self.prior_weight < float("inf")):
-            raise BedgenError(f"finetune.prior_weight must be a number >= 0, got {self.prior_weight}")
+        real_number("finetune.prior_weight", self.prior_weight, 0.0)
         if self.class_data is not None and not self.init_from:
             raise BedgenError("finetune.class_data needs finetune.init_from: the model whose prior is preserved")
 
@@ -466,6 +466,11 @@ _LDM_TRAIN = TrainConfig(max_steps=100_000, batch_size=48, lr=1e-4, warmup_steps
 _SWEEP_TRAIN = TrainConfig(max_steps=20_000, batch_size=16, lr=1e-4, warmup_steps=500, ema_decay=0.9999)
 
 
+def _sweep_preset(name: str, unet: UNetConfig) -> BedgenConfig:
+    """A UNet of the seed DDPM sweep: 96 px, 500 training steps, the sweep's training settings."""
+    return _preset(name, 96, unet, _SWEEP_TRAIN, num_train_timesteps=500)
+
+
 PRESETS: dict[str, BedgenConfig] = {
     # Small enough to train on a laptop CPU in minutes at 32 px.
     "tiny": _preset(
@@ -474,34 +479,16 @@ PRESETS: dict[str, BedgenConfig] = {
         UNetConfig((32, 64, 64), 1, (_D, _AD, _D), (_U, _AU, _U), None, 8),
     ),
     # The three UNets of the seed DDPM sweep (96 px, 500 training steps).
-    "ddpm-small": _preset(
-        "ddpm-small",
-        96,
-        UNetConfig((64, 64, 128, 128, 256), 1, (_D, _D, _D, _D, _AD), (_AU, _U, _U, _U, _U), None, 32),
-        _SWEEP_TRAIN,
-        num_train_timesteps=500,
+    "ddpm-small": _sweep_preset(
+        "ddpm-small", UNetConfig((64, 64, 128, 128, 256), 1, (_D, _D, _D, _D, _AD), (_AU, _U, _U, _U, _U), None, 32),
     ),
     # Same layout as google/ddpm-bedroom-256.
-    "ddpm-mid": _preset(
-        "ddpm-mid",
-        96,
-        UNetConfig(
-            (128, 128, 256, 256, 512, 512), 2,
-            (_D, _D, _D, _D, _AD, _D), (_U, _AU, _U, _U, _U, _U), None, 32,
-        ),
-        _SWEEP_TRAIN,
-        num_train_timesteps=500,
-    ),
-    "ddpm-big": _preset(
-        "ddpm-big",
-        96,
-        UNetConfig(
-            (128, 256, 256, 512, 512, 768), 3,
-            (_D, _D, _D, _D, _AD, _D), (_U, _U, _U, _U, _AU, _U), None, 32,
-        ),
-        _SWEEP_TRAIN,
-        num_train_timesteps=500,
-    ),
+    "ddpm-mid": _sweep_preset("ddpm-mid", UNetConfig(
+        (128, 128, 256, 256, 512, 512), 2, (_D, _D, _D, _D, _AD, _D), (_U, _AU, _U, _U, _U, _U), None, 32,
+    )),
+    "ddpm-big": _sweep_preset("ddpm-big", UNetConfig(
+        (128, 256, 256, 512, 512, 768), 3, (_D, _D, _D, _D, _AD, _D), (_U, _U, _U, _U, _AU, _U), None, 32,
+    )),
     # The seed SMLD/DDPM comparison: 3 down + 3 up blocks at 64 px, 1000 steps.
     "ddpm-3level": _preset(
         "ddpm-3level",

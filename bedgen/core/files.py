@@ -34,6 +34,15 @@ def write_json(path: Path, data: Any, indent: int = 2) -> None:
     atomic_write(path, lambda handle: handle.write((json.dumps(data, indent=indent) + "\n").encode()))
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; {} when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def replace_dir_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Build the new directory beside ``path``, then swap it in.
 

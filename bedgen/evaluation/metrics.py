@@ -59,6 +59,7 @@ import torch
 from ..data.datasets import DataConfig, ImageDataset, open_dataset
 from ..core.device import resolve_device
 from ..core.files import atomic_write, file_sha256
+from ..core.checks import whole_number
 from ..core.errors import BedgenError, one_line
 
 # progress(done, total, stage): stage "reference" counts data-source images turned into
@@ -400,9 +401,8 @@ def compute_reference_stats(
         data = data.source
     config = DataConfig(source=str(data), square=square, fraction=fraction, subset_seed=subset_seed,
                         flip=False, image_column=image_column)
-    _check_positive("batch size", batch_size)
-    if max_features < 0:
-        raise BedgenError(f"max_features must be 0 or more, got {max_features}")
+    batch_size = whole_number("batch size", batch_size, 1)
+    max_features = whole_number("max_features", max_features, 0)
     _check_layer(feature_layer)
     dataset = open_dataset(config, resolution, "train")
     inception = shared_inception(inception_weights, device)
@@ -681,11 +681,8 @@ def check_request(
 
 
 def check_sample_count(num_samples: Any) -> None:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise BedgenError(
-            f"FID needs at least 2 samples (a covariance), got {num_samples!r}; "
-            "use 10 000 or more for numbers worth comparing"
-        )
+    whole_number("number of samples", num_samples, 2,
+                 why="(FID needs a covariance; use 10 000 or more for numbers worth comparing)")
 
 
 def _check_inception(reference: ReferenceStats, inception: Inception) -> list[str]:
@@ -883,11 +880,6 @@ def record_result(pipe: Any, result: dict[str, Any]) -> Path | None:
     description["metrics"] = history + [result]
     write_json(path, description)
     return path
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BedgenError(f"{name} must be a whole number of at least 1, got {value!r}")
 
 
 def _now() -> str:

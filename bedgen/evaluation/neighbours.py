@@ -86,6 +86,7 @@ from PIL import Image
 
 from ..data.datasets import DataConfig, ImageDataset, commit_shards, decode, open_dataset, preprocess
 from ..core.files import atomic_write
+from ..core.checks import whole_number
 from ..core.errors import BedgenError, one_line
 from ..core.images import load_image
 from ..models.lpips import NETS, LpipsEmbedder, shared_embedder, strict_fp32
@@ -241,9 +242,8 @@ def build_index(
 
     ``progress(done, total)`` counts images. Returns the index folder.
     """
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BedgenError(f"{name} must be a whole number >= 1, got {value!r}")
+    batch_size, shard_size = (whole_number(name, value, 1) for name, value in
+                              (("batch_size", batch_size), ("shard_size", shard_size)))
     if net not in NETS:
         raise BedgenError(f"unknown LPIPS network '{net}'; choose one of {', '.join(NETS)}")
     config = DataConfig(source=source, square=square, fraction=fraction, validation_fraction=0.0,
@@ -666,9 +666,7 @@ class LpipsIndex:
         return [self._result(c, d, k) for c, d in zip(found, exact)]
 
     def _check_k(self, k: Any) -> int:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.count:
-            raise BedgenError(f"k must be a whole number from 1 to {self.count} (the images in this index), got {k!r}")
-        return int(k)
+        return whole_number("k", k, 1, self.count, why="(the images in this index)")
 
     def _result(self, found: _Candidates, distances: np.ndarray, k: int) -> SearchResult:
         order = np.lexsort((found.rows, distances))[:k]  # ties broken by index row, deterministically

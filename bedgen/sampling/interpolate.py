@@ -38,9 +38,10 @@ from PIL import Image
 from ..data.datasets import preprocess
 from ..core.device import resolve
 from ..maths.diffusion import Schedule, ddim_move
+from ..core.checks import fraction, whole_number
 from ..core.errors import BedgenError
 from ..core.images import grid, load_image, to_pil, to_signed
-from .pipeline import MAX_SEED, AutoencoderPipeline, Pipeline, _check_int
+from .pipeline import MAX_SEED, AutoencoderPipeline, Pipeline
 
 METHODS = ("noise", "ddim-inversion")
 DEFAULT_T = 0.5
@@ -137,16 +138,16 @@ def interpolate(
     ``weights`` gives λ values explicitly (one or a list); otherwise ``frames``
     values evenly spaced from 0 to 1.
     """
-    t = _check_fraction("t", t, low_open=True)
+    t = fraction("t", t, low_open=True)
     lambdas = _weights(weights, frames)
     if method not in METHODS:
         raise BedgenError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     vae = isinstance(pipe, AutoencoderPipeline)
-    steps = _check_int("steps", steps, 1, pipe.max_steps) if not vae else 0
-    seed = _check_int("seed", seed, 0, MAX_SEED)
+    steps = whole_number("steps", steps, 1, pipe.max_steps) if not vae else 0
+    seed = whole_number("seed", seed, 0, MAX_SEED)
     placement = resolve(device, dtype)
     with pipe.placement.use(placement):  # the networks stay on this device until the frames are done
-        batch_size = _check_int("batch size", batch_size or (32 if placement.device.type == "cuda" else 8), 1, 4096)
+        batch_size = whole_number("batch size", batch_size or (32 if placement.device.type == "cuda" else 8), 1, 4096)
         inputs = tuple(_model_input(pipe, im, name) for im, name in ((image_a, "image A"), (image_b, "image B")))
         x0 = torch.cat(inputs)
         start = time.perf_counter()
@@ -285,23 +286,11 @@ def _model_input(pipe: Pipeline, image: Any, name: str) -> torch.Tensor:
     return to_signed(pixels)[None]
 
 
-def _check_fraction(name: str, value: Any, low_open: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise BedgenError(f"{name} must be a number between 0 and 1, got {value!r}") from None
-    low_ok = number > 0 if low_open else number >= 0
-    if not (math.isfinite(number) and low_ok and number <= 1):
-        interval = "(0, 1]" if low_open else "[0, 1]"
-        raise BedgenError(f"{name} must be in {interval}, got {value!r}")
-    return number
-
-
 def _weights(weights: float | Sequence[float] | None, frames: int) -> list[float]:
     if weights is None:
-        frames = _check_int("frames", frames, 1, MAX_FRAMES)
+        frames = whole_number("frames", frames, 1, MAX_FRAMES)
         return [0.5] if frames == 1 else [float(x) for x in np.linspace(0, 1, frames)]
     values = [weights] if isinstance(weights, (int, float, str)) else list(weights)
     if not 1 <= len(values) <= MAX_FRAMES:
         raise BedgenError(f"give between 1 and {MAX_FRAMES} weights λ, got {len(values)}")
-    return [_check_fraction("λ (interpolation weight)", v) for v in values]
+    return [fraction("λ (interpolation weight)", v) for v in values]

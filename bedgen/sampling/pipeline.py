@@ -9,7 +9,6 @@ does not depend on the batch it is computed in, and a gallery entry labelled
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +23,7 @@ from PIL import Image
 
 from ..storage.checkpoint import CheckpointInfo, load_checkpoint
 from ..core.device import Placement, resolve
+from ..core.checks import positive_number, whole_number
 from ..core.errors import BedgenError
 from ..core.images import to_pil, to_signed
 from ..models import autoencoders
@@ -174,16 +174,16 @@ class Pipeline:
         ``step_size`` is for score models only: Langevin's ε, or the corrector's
         signal-to-noise ratio for ``pc`` (default: the model's config).
         """
-        n = _check_int("number of images", n, 1, MAX_IMAGES)
-        seed = _check_int("seed", seed, 0, MAX_SEED - n)
+        n = whole_number("number of images", n, 1, MAX_IMAGES)
+        seed = whole_number("seed", seed, 0, MAX_SEED - n)
         sampler = scheduler or self.default_sampler
         steps = check_steps(self.default_steps if steps is None else steps, self.training_scheduler)
         evals_per_batch = self._evals(sampler, steps)  # also rejects an unknown sampler name
         placement = resolve(device, dtype)
         if batch_size is None:
             batch_size = 32 if placement.device.type == "cuda" else 8
-        batch_size = _check_int("batch size", batch_size, 1, 4096)
-        trajectory_every = _check_int("trajectory_every", trajectory_every, 0, steps)
+        batch_size = whole_number("batch size", batch_size, 1, 4096)
+        trajectory_every = whole_number("trajectory_every", trajectory_every, 0, steps)
         step_size = self._check_step_size(step_size)
         with self.placement.use(placement):
             return self._sample(n, seed, sampler, steps, batch_size, placement, progress, trajectory_every,
@@ -238,11 +238,7 @@ class Pipeline:
             return None
         if not self.is_score_model:
             raise BedgenError("step size applies to score models (smld) only; leave it empty for this model")
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not (
-            math.isfinite(step_size) and step_size > 0
-        ):
-            raise BedgenError(f"step size must be a positive number, got {step_size!r}")
-        return float(step_size)
+        return positive_number("step size", step_size)
 
     def _evals(self, sampler: str, steps: int) -> int:
         """Network evaluations per batch (what progress counts)."""
@@ -395,8 +391,8 @@ class AutoencoderPipeline:
                progress: ProgressFn | None = None, trajectory_every: int = 0,
                step_size: float | None = None) -> SampleResult:
         """Decode z ~ N(0, I) drawn per image from seed + i (Kingma & Welling 2013, Sec. 2.1)."""
-        n = _check_int("number of images", n, 1, MAX_IMAGES)
-        seed = _check_int("seed", seed, 0, MAX_SEED - n)
+        n = whole_number("number of images", n, 1, MAX_IMAGES)
+        seed = whole_number("seed", seed, 0, MAX_SEED - n)
         if scheduler not in (None, "prior"):
             raise BedgenError(f"a vae samples from its prior only (sampler 'prior'), not {scheduler!r}")
         if step_size is not None:
@@ -408,7 +404,7 @@ class AutoencoderPipeline:
                 "first stage of latent diffusion (--preset ldm-vq) or to reconstruct images"
             )
         placement = resolve(device, dtype)
-        batch_size = _check_int("batch size", batch_size or (32 if placement.device.type == "cuda" else 16), 1, 4096)
+        batch_size = whole_number("batch size", batch_size or (32 if placement.device.type == "cuda" else 16), 1, 4096)
         with self.placement.use(placement):
             return self._sample(n, seed, batch_size, placement, progress, trajectory_every)
 
@@ -444,23 +440,6 @@ class AutoencoderPipeline:
             return to_pil(self.decode(self.encode(x.to(placement.device))))
 
 
-def _check_int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool):
-        raise BedgenError(f"{name} must be a whole number, got {value!r}")
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise BedgenError(f"{name} must be a whole number, got {value!r}") from None
-    if isinstance(value, float):
-        if not math.isfinite(value) or value != int(value):
-            raise BedgenError(f"{name} must be a whole number, got {value!r}")
-        value = int(value)
-    if not isinstance(value, int):
-        raise BedgenError(f"{name} must be a whole number, got {value!r}")
-    if not low <= value <= high:
-        raise BedgenError(f"{name} must be between {low} and {high}, got {value}")
-    return value
 
 
 def load(ref: str) -> "Pipeline | AutoencoderPipeline":

@@ -25,6 +25,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from ..core.checks import whole_number
 from ..core.errors import BedgenError
 from ..maths.score import sigma_ladder
 
@@ -117,13 +118,7 @@ def max_steps(training_scheduler: SchedulerMixin) -> int:
 
 def check_steps(steps: Any, training_scheduler: SchedulerMixin) -> int:
     """Validate a user-given step count; returns it as an int."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps):
-        raise BedgenError(f"steps must be a whole number, got {steps!r}")
-    steps = int(steps)
-    top = max_steps(training_scheduler)
-    if not 1 <= steps <= top:
-        raise BedgenError(f"steps must be between 1 and {top} (the model's training steps), got {steps}")
-    return steps
+    return whole_number("steps", steps, 1, max_steps(training_scheduler), why="(the model's training steps)")
 
 
 # --- score models (SMLD / NCSN): a σ ladder instead of a diffusers sampler -------------------

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 
 from ..core.version import __version__
 from ..core.errors import BedgenError, one_line
+from ..storage.run_folder import RunFolder, metric_curve
 
 RepoFiles = dict[str, "bytes | Path"]  # path in the repo -> content (bytes) or a local file to upload as is
 Progress = Callable[[int, int, str], None]  # (done, total, stage), like bedgen eval's progress
@@ -289,7 +290,7 @@ def push_model(
     grid = sample_grid(pipe, samples, device, progress)
     if grid is not None:
         files[SAMPLES_FILE] = grid[1]
-    loss = loss_curve_png(run_dir / "metrics.jsonl") if run_dir is not None else None
+    loss = loss_curve_png(RunFolder(run_dir).metrics()) if run_dir is not None else None
     if loss is not None:
         files[LOSS_FILE] = loss
     description = json.loads(files[BEDGEN_JSON]) if isinstance(files.get(BEDGEN_JSON), bytes) else {}
@@ -317,13 +318,13 @@ def push_model(
 
 def checkpoint_folder(ref: str | Path) -> tuple[Path, Path | None]:
     """(checkpoint folder, its training run folder or None) for a checkpoint or run folder."""
-    from ..storage.checkpoint import RUN_JSON, latest_in_run, looks_like_checkpoint
+    from ..storage.checkpoint import latest_in_run, looks_like_checkpoint
 
     path = Path(str(ref)).expanduser()
     if not path.is_dir():
         raise BedgenError(f"--model '{ref}' is not a local folder; push takes a checkpoint folder or a training "
                           "run folder (the --out of bedgen train)")
-    run_dir = next((p for p in (path, path.parent, path.parent.parent) if (p / RUN_JSON).is_file()), None)
+    run_dir = next((p for p in (path, path.parent, path.parent.parent) if RunFolder(p).is_run()), None)
     checkpoint = latest_in_run(path)
     if not looks_like_checkpoint(checkpoint):
         raise BedgenError(f"'{ref}' is not a checkpoint: expected model_index.json with unet/ and scheduler/ "
@@ -382,22 +383,9 @@ def sample_grid(pipe, count: int, device: str = "auto", progress: Progress | Non
     return info, buffer.getvalue()
 
 
-def loss_curve_png(metrics_file: Path) -> bytes | None:
-    """A PNG of the training loss (and the in-training FID, if any) from a run's metrics.jsonl."""
-    import math
-
-    if not metrics_file.is_file():
-        return None
-    records = []
-    for line in metrics_file.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a crash
-    def series(key: str) -> list[tuple[int, float]]:
-        return [(r["step"], float(r[key])) for r in records
-                if isinstance(r, dict) and isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and "step" in r]
-    loss, fid = series("loss"), series("fid")
+def loss_curve_png(records: list[dict[str, Any]]) -> bytes | None:
+    """A PNG of the training loss (and the in-training FID, if any) from a run's metrics records."""
+    loss, fid = metric_curve(records, "loss"), metric_curve(records, "fid")
     if not loss:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -429,8 +417,7 @@ def _report(progress: Progress | None, done: int, total: int, stage: str) -> Non
 def pull_model(ref: str, out: str | Path | None = None, include_training_state: bool = False) -> Path:
     """Download a pushed model (``org/name[@revision]``) into the Hub cache and return its folder;
     with ``out``, copy it there as a local model (a run folder to ``--resume`` with training state)."""
-    from ..storage.checkpoint import BEDGEN_JSON, RUN_JSON
-    from ..core.files import write_json
+    from ..storage.checkpoint import BEDGEN_JSON
     from ..core.hub import SAFE_PATTERNS, download, parse_hub_ref
 
     hub = parse_hub_ref(ref) if isinstance(ref, str) else None
@@ -450,10 +437,11 @@ def pull_model(ref: str, out: str | Path | None = None, include_training_state: 
         return out
     description = json.loads((snapshot / BEDGEN_JSON).read_text()) if (snapshot / BEDGEN_JSON).is_file() else {}
     step = int((description.get("training") or {}).get("step") or 0)
-    latest = Path("checkpoints") / f"step-{step:06d}"
-    shutil.copytree(snapshot, out / latest)
-    write_json(out / RUN_JSON, {"latest": latest.as_posix(), "status": "stopped", "step": step,
-                                "message": f"pulled from {ref}", "config": description.get("config")})
+    run = RunFolder(out)
+    latest = run.checkpoint_path(step)
+    shutil.copytree(snapshot, latest)
+    run.update_state(latest=latest.relative_to(out).as_posix(), status="stopped", step=step,
+                     message=f"pulled from {ref}", config=description.get("config"))
     return out
 
 

@@ -31,12 +31,12 @@ from ..core.version import __version__
 from ..config.schema import BedgenConfig
 from ..core.files import recover_interrupted_save, replace_dir_atomically, write_json
 from ..core.errors import BedgenError, ModelNotFoundError
-from ..core.hub import download, inside, parse_hub_ref, resolve_ref
+from ..core.hub import download, parse_hub_ref, resolve_ref
 from ..models import autoencoders
 from ..models.autoencoders import Autoencoder, find_autoencoder_folder, load_autoencoder_folder
+from .run_folder import RunFolder, latest_in_run
 
 BEDGEN_JSON = "bedgen.json"
-RUN_JSON = "bedgen-run.json"  # a training run folder: its "latest" names the newest checkpoint
 FORMAT_VERSION = 1
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -175,19 +175,6 @@ def load_checkpoint(ref: str) -> tuple[UNet2DModel, SchedulerMixin, CheckpointIn
     return unet, scheduler, info
 
 
-def latest_in_run(path: Path) -> Path:
-    """A training run folder stands for its latest checkpoint; anything else for itself."""
-    run_file = path / RUN_JSON
-    if not run_file.is_file():
-        return path
-    latest = json.loads(run_file.read_text()).get("latest")
-    if not latest or not (path / latest).is_dir():
-        raise ModelNotFoundError(f"training run '{path}' has no checkpoint yet; wait for the first one")
-    if not inside(path / latest, path):  # a run from the Hub must not point at a folder on this machine
-        raise ModelNotFoundError(f"training run '{path.name}' names a latest checkpoint outside its folder")
-    return path / latest
-
-
 def find_layout(path: Path, ref: str) -> tuple[Path, Path, str]:
     """Locate (unet folder, scheduler config file, layout name) inside a checkpoint."""
     if (path / "unet" / "config.json").is_file():
@@ -286,7 +273,7 @@ def read_description(path: str | Path) -> dict[str, Any]:
 
 
 def looks_like_checkpoint(path: Path) -> bool:
-    if (path / RUN_JSON).is_file():
+    if RunFolder(path).is_run():
         try:
             path = latest_in_run(path)
         except ModelNotFoundError:

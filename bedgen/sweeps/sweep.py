@@ -25,7 +25,6 @@ import copy
 import hashlib
 import itertools
 import json
-import math
 import os
 import queue
 import re
@@ -39,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
-from ..storage.checkpoint import RUN_JSON
-from ..core.files import write_json
+from ..storage.run_folder import RunFolder, metric_curve
+from ..core.files import read_json_object, write_json
 from ..config.overrides import all_fields, coerce, field_hint, override, suggest
 from ..config.schema import PRESETS, BedgenConfig, preset
+from ..core.checks import whole_number
 from ..core.errors import BedgenError
 
 Mode = Literal["grid", "one-at-a-time"]
@@ -224,10 +224,10 @@ class _Parser:
         return {}
 
     def _positive(self, key: str) -> int:
-        value = self.raw[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.fail(f"{key}: must be a whole number of at least 1, got {value!r}", key)
-        return value
+        try:
+            return whole_number(f"{key}:", self.raw[key], 1)
+        except BedgenError as e:
+            self.fail(str(e), key)
 
     def _fid(self) -> dict[str, Any]:
         """``fid: {every, samples, ref, ...}`` -> the trainer's train.fid_* fields."""
@@ -299,9 +299,7 @@ class _Parser:
         return axis
 
     def _seeds(self, base_preset: str, base: dict[str, Any]) -> tuple[int, ...]:
-        repeats = self.raw.get("repeats")
-        if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
-            self.fail(f"repeats: must be a whole number of at least 1, got {repeats!r}", "repeats")
+        repeats = self._positive("repeats") if self.raw.get("repeats") is not None else None
         seeds = self.raw.get("seeds")
         if seeds is None:
             first = base.get("train.seed", PRESETS[base_preset].train.seed)
@@ -705,21 +703,20 @@ class _Launcher:
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    status = _read_json(run_dir / RUN_JSON)
-    latest = status.get("latest")
-    return bool(latest) and (run_dir / latest).is_dir()
+    return RunFolder(run_dir).latest_checkpoint() is not None
 
 
 def _clear_partial_run(run_dir: Path) -> None:
     """A run killed before its first checkpoint starts again; its old log lines would
     otherwise mix into the new curve."""
-    for name in ("metrics.jsonl", RUN_JSON):
-        (run_dir / name).unlink(missing_ok=True)
+    run = RunFolder(run_dir)
+    for file in (run.metrics_file, run.state_file):
+        file.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _start_attempt(run_dir: Path, run: RunSpec, command: list[str]) -> dict[str, Any]:
-    meta = _read_json(run_dir / RUN_META)
+    meta = read_json_object(run_dir / RUN_META)
     meta.update(label=run.label, repeat=run.repeat, seed=run.seed, configuration=run.configuration,
                 command=command, exit_code=None, error="", attempts=meta.get("attempts", 0) + 1)
     meta.setdefault("wall_seconds", 0.0)
@@ -789,10 +786,10 @@ class RunResult:
 def run_status(run_dir: Path) -> Status:
     """finished / diverged from the trainer's bedgen-run.json; failed from the exit code the
     sweep recorded; incomplete when started but not done (running, stopped or killed)."""
-    trainer = _read_json(run_dir / RUN_JSON).get("status")
+    trainer = RunFolder(run_dir).state().get("status")
     if trainer in FINAL_STATUSES:
         return trainer
-    meta = _read_json(run_dir / RUN_META)
+    meta = read_json_object(run_dir / RUN_META)
     code = meta.get("exit_code")
     if code == DIVERGED_EXIT_CODE:
         return "diverged"
@@ -803,9 +800,11 @@ def run_status(run_dir: Path) -> Status:
 
 def read_run(run_dir: Path, label: dict[str, Any], repeat: int, seed: int,
              panels: Sequence[str] = ()) -> RunResult:
-    trainer = _read_json(run_dir / RUN_JSON)
-    meta = _read_json(run_dir / RUN_META)
-    losses, fids = _curves(run_dir / "metrics.jsonl")
+    run = RunFolder(run_dir)
+    trainer = run.state()
+    meta = read_json_object(run_dir / RUN_META)
+    records = run.metrics()
+    losses, fids = metric_curve(records, "loss"), metric_curve(records, "fid")
     status = run_status(run_dir)
     error = meta.get("error") or ""
     if status in ("diverged", "incomplete") and not error:
@@ -821,36 +820,10 @@ def read_run(run_dir: Path, label: dict[str, Any], repeat: int, seed: int,
     )
 
 
-def _curves(path: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """Finite (step, loss) and (step, FID) points; a resumed run logs some steps twice,
-    and the later record (the one that continued) wins."""
-    loss: dict[int, float] = {}
-    fid: dict[int, float] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line being written right now
-            for key, into in (("loss", loss), ("fid", fid)):
-                value = record.get(key)
-                if isinstance(value, (int, float)) and math.isfinite(value) and "step" in record:
-                    into[int(record["step"])] = float(value)
-    return sorted(loss.items()), sorted(fid.items())
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def read_plan(out: str | Path) -> dict[str, Any]:
     """The sweep.json a sweep folder was last run (or reported) with."""
     out = Path(out)
-    data = _read_json(out / SWEEP_JSON)
+    data = read_json_object(out / SWEEP_JSON)
     if not data.get("runs"):
         raise BedgenError(f"'{out}' is not a sweep folder (no {SWEEP_JSON}); run 'bedgen sweep --config FILE' first")
     return data
@@ -907,7 +880,7 @@ def find_sweeps(root: str | Path, depth: int = 3) -> list[SweepInfo]:
 
 
 def _sweep_info(folder: Path) -> SweepInfo:
-    name = _read_json(folder / SWEEP_JSON).get("name", folder.name)
+    name = read_json_object(folder / SWEEP_JSON).get("name", folder.name)
     md, csv = folder / "results.md", folder / "results.csv"
     return SweepInfo(folder, name, md if md.is_file() else None, csv if csv.is_file() else None,
                      sorted(folder.glob("*.png")))

@@ -37,9 +37,9 @@ from ..data.datasets import ImageDataset, open_dataset
 from ..data.training_data import PriorPreservationDataset
 from ..core.errors import BedgenError
 from ..core.files import atomic_write
+from ..storage.run_folder import FINETUNE_REPORT_JSON, RunFolder
 
 CLASS_IMAGES = "class-images"
-REPORT_JSON = "finetune-report.json"
 REPORT_DIR = "finetune-report"
 CLASS_SEED = 1_000_000  # class-i.png is the sample of seed CLASS_SEED + i
 ProgressFn = Callable[[int, int], None]
@@ -119,9 +119,9 @@ def run_finetune(request: FinetuneRequest, resume: bool = False, progress: bool 
     from .trainer import Trainer
 
     out = Path(request.out)
-    if not resume and (out / "bedgen-run.json").is_file():
+    if not resume and RunFolder(out).is_run():
         raise BedgenError(f"'{out}' already holds a run; pass --resume to continue it or choose a new --out")
-    if resume and (out / "bedgen-run.json").is_file():
+    if resume and RunFolder(out).is_run():
         config = _resumed_config(out)
         request.model = config.finetune.init_from or request.model
         request.instance_data = config.data.source
@@ -156,9 +156,7 @@ def run_finetune(request: FinetuneRequest, resume: bool = False, progress: bool 
 
 def _resumed_config(out: Path) -> BedgenConfig:
     """The config the run was started with (bedgen-run.json has it from the first moment)."""
-    from ..storage.checkpoint import RUN_JSON
-
-    config = BedgenConfig.from_dict(json.loads((out / RUN_JSON).read_text())["config"])
+    config = BedgenConfig.from_dict(RunFolder(out).state()["config"])
     if not config.finetune.init_from:
         raise BedgenError(f"'{out}' is a training run, not a fine-tuning run; resume it with 'bedgen train --resume'")
     return config
@@ -269,7 +267,7 @@ def _write_report(out: Path, checkpoint: Path, report: dict[str, Any]) -> None:
     from ..storage.checkpoint import BEDGEN_JSON
     from ..core.files import write_json
 
-    write_json(out / REPORT_JSON, report)
+    write_json(out / FINETUNE_REPORT_JSON, report)
     description_file = Path(checkpoint) / BEDGEN_JSON
     description = json.loads(description_file.read_text())
     description["metrics"] = [m for m in description.get("metrics") or [] if m.get("kind") != "finetune"] + [report]

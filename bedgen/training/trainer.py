@@ -1,6 +1,6 @@
 """One trainer for every family (docs/architecture.md: the family supplies a per-sample loss).
 
-Run directory::
+Run directory (its names and readers: bedgen.storage.run_folder)::
 
     RUN/bedgen-run.json          status, latest checkpoint, step (the Train tab polls it)
     RUN/metrics.jsonl            loss, lr, grad-norm, img/s, EMA decay ... every log_every steps
@@ -40,8 +40,9 @@ from diffusers.training_utils import EMAModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..storage.checkpoint import RUN_JSON, CheckpointInfo
-from ..core.files import atomic_write, write_json
+from ..storage.checkpoint import CheckpointInfo
+from ..storage.run_folder import BEST_FID_DIR, LATEST_PREVIEW, RunFolder
+from ..core.files import atomic_write
 from ..config.schema import BedgenConfig
 from ..data.datasets import ImageDataset, open_dataset
 from ..data.training_data import images_of, open_training_data
@@ -54,7 +55,6 @@ from ..sampling.pipeline import Pipeline
 from ..core.state_io import load_state, save_state
 
 STATE_DIR = "training_state"
-BEST_FID_DIR = "best-fid"
 EventFn = Callable[[dict[str, Any]], None]
 
 
@@ -130,6 +130,7 @@ class Trainer:
                  on_event: EventFn | None = None, progress: bool = True):
         config.validate()
         self.config, self.run_dir, self.on_event = config, Path(run_dir), on_event
+        self.run = RunFolder(self.run_dir)
         # cpu=True on machines without an accelerator: under torchrun / `accelerate launch
         # --multi_gpu` that selects multi-process CPU training (gloo) instead of one process.
         no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
@@ -173,8 +174,8 @@ class Trainer:
 
     def _prepare_run_dir(self, resume: bool) -> None:
         try:
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "previews").mkdir(exist_ok=True)
+            self.run.checkpoints.mkdir(parents=True, exist_ok=True)
+            self.run.previews.mkdir(exist_ok=True)
             # One probe per process: ranks share the folder and must not unlink each other's.
             probe = self.run_dir / f".write-test-{self.accelerator.process_index}"
             probe.write_text("")
@@ -439,10 +440,10 @@ class Trainer:
             return
         self._last_preview_step = self.state.step
         images = self.family.preview(self.ema_pipeline(), self.config.train.preview_images, self.device.type)
-        path = self.run_dir / "previews" / f"step-{self.state.step:06d}.png"
+        path = self.run.preview_path(self.state.step)
         sheet = grid(images)
         sheet.save(path)
-        atomic_write(path.with_name("latest.png"), lambda handle: sheet.save(handle, format="PNG"))
+        atomic_write(path.with_name(LATEST_PREVIEW), lambda handle: sheet.save(handle, format="PNG"))
         self._emit({"event": "preview", "step": self.state.step, "path": str(path)})
 
     def _log(self, loss: float, grad_norm: float, images_per_second: float) -> None:
@@ -459,7 +460,7 @@ class Trainer:
     def _append_metrics(self, record: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+        with open(self.run.metrics_file, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         self._tensorboard(record)
 
@@ -590,10 +591,7 @@ class Trainer:
         }
         # a fresh EMA copy: sampling left the pipeline's one channels-last on the device
         self.family.write_checkpoint(self.run_dir / BEST_FID_DIR, self.ema_model(), self.config, metadata)
-        run_file = self.run_dir / RUN_JSON
-        current = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        current["best_fid"] = {"fid": result["fid"], "step": self.state.step, "checkpoint": BEST_FID_DIR}
-        write_json(run_file, current)
+        self.run.update_state(best_fid={"fid": result["fid"], "step": self.state.step, "checkpoint": BEST_FID_DIR})
 
     def _metrics_of_this_step(self) -> list[dict[str, Any]]:
         """The FID result measured at the current step, for the checkpoint's bedgen.json."""
@@ -610,11 +608,7 @@ class Trainer:
         return f"{self.device.type}/{'fp32' if mode == 'no' else mode}: {self.precision_reason}"
 
     def latest_checkpoint(self) -> Path | None:
-        run_file = self.run_dir / RUN_JSON
-        if not run_file.is_file():
-            return None
-        latest = json.loads(run_file.read_text()).get("latest")
-        return self.run_dir / latest if latest and (self.run_dir / latest).is_dir() else None
+        return self.run.latest_checkpoint()
 
     @staticmethod
     def _step_of(checkpoint: Path | None) -> int:
@@ -622,7 +616,7 @@ class Trainer:
 
     def save(self) -> Path:
         """Write checkpoints/step-N atomically, point the run at it, prune old ones."""
-        path = self.run_dir / "checkpoints" / f"step-{self.state.step:06d}"
+        path = self.run.checkpoint_path(self.state.step)
         self.accelerator.wait_for_everyone()
         if self.is_main:
             metadata = {
@@ -696,7 +690,7 @@ class Trainer:
 
     def _prune_checkpoints(self) -> None:
         keep = self.config.train.keep_checkpoints
-        folder = self.run_dir / "checkpoints"
+        folder = self.run.checkpoints
         for leftover in folder.glob(".step-*.pruned"):  # a deletion a killed run did not finish
             shutil.rmtree(leftover, ignore_errors=True)
         for old in sorted(folder.glob("step-*"))[:-keep]:
@@ -708,15 +702,11 @@ class Trainer:
     def _write_run_status(self, status: str, latest: Path | None = None, message: str = "") -> None:
         if not self.is_main:
             return
-        run_file = self.run_dir / RUN_JSON
-        current = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        if latest is not None:
-            current["latest"] = str(latest.relative_to(self.run_dir))
-        current.update(
-            status=status, step=self.state.step, max_steps=self.max_steps, pid=os.getpid(),
+        changes = {} if latest is None else {"latest": str(latest.relative_to(self.run_dir))}
+        self.run.update_state(
+            **changes, status=status, step=self.state.step, max_steps=self.max_steps, pid=os.getpid(),
             message=message, updated=time.time(), config=self.config.to_dict(), precision=self.precision,
         )
-        write_json(run_file, current)
 
     # --- signals ------------------------------------------------------------------------
 

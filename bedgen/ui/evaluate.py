@@ -10,6 +10,7 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image
 
+from ..core.checks import whole_number
 from ..core.errors import BedgenError
 from ..evaluation.metrics import METRICS, evaluate, parse_metrics, record_result
 from ..sampling.schedulers import ALL_SAMPLERS
@@ -17,7 +18,7 @@ from ..sweeps.sweep import find_sweeps
 from .cache import PipelineCache
 from .components import Checkboxes, Choice, RawNumber, RawSlider, on_gpu
 from .errors import listen
-from .generate import AUTO, model_choices, whole_number
+from .generate import AUTO, model_choices
 from .security import without_server_paths
 from .settings import AppSettings
 

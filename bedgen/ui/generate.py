@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-import numbers
 import random
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
 from PIL import Image
 
+from ..core.checks import optional_positive_number, whole_number
 from ..core.errors import BedgenError
 from ..core.hub import parse_hub_ref
 from ..sampling.pipeline import MAX_SEED
@@ -78,7 +77,7 @@ def run_generate(
 ) -> GenerateOutput:
     """Typed core of the Generate event; raises BedgenError on bad input."""
     n = whole_number("number of images", num_images, 1, settings.max_images)
-    step_size = _optional_positive("step size", step_size)
+    step_size = optional_positive_number("step size", step_size)
     steps = whole_number("steps", steps, 1, settings.max_steps)
     seed = whole_number("seed", seed, 0, MAX_SEED - n)
     if not isinstance(model, str) or not model.strip():
@@ -97,55 +96,6 @@ def run_generate(
         f"{result.placement} · {result.seconds:.1f} s"
     )
     return GenerateOutput(gallery, trajectory, status)
-
-
-def _optional_positive(name: str, value: Any) -> float | None:
-    """Empty or 0 means "the model's default"; anything else must be a positive number."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise BedgenError(f"{name} must be a positive number or empty, got {value!r}") from None
-    if number == 0:
-        return None
-    if not (math.isfinite(number) and number > 0):
-        raise BedgenError(f"{name} must be a positive number or empty, got {value!r}")
-    return number
-
-
-def whole_number(name: str, value: Any, low: int, high: int) -> int:
-    """A whole number in [low, high], read exactly: never a rounded seed.
-
-    Integers are taken as they are and text is read as a decimal (so "9007199254740993"
-    stays itself). A float is accepted only below 2**53: above it, it may already be the
-    rounding of another integer (2**53 + 1 arrives as 2.0**53), so it is refused.
-    """
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) >= 2**53:
-        raise BedgenError(f"{name} {value!r} is too large to be exact as a decimal number; send it as an integer")
-    number = _exact_whole(value)
-    if number is None:
-        raise BedgenError(f"{name} must be a whole number, got {value!r}")
-    if not low <= number <= high:  # compared before int(): "1e999999" must not become a huge int
-        raise BedgenError(f"{name} must be between {low} and {high}, got {value!r}")
-    return int(number)
-
-
-def _exact_whole(value: Any) -> int | Decimal | None:
-    """``value`` as an exact whole number, or None if it is not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value.is_integer() else None
-    if isinstance(value, str):
-        try:
-            number = Decimal(value.strip())
-        except InvalidOperation:
-            return None
-        return number if number.is_finite() and number == number.to_integral_value() else None
-    return None
 
 
 def build_generate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.Blocks) -> dict[str, Any]:

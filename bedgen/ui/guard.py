@@ -32,6 +32,7 @@ connection comes from Hugging Face's proxy; see :func:`visitor_of`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import math
 import os
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from ..core.errors import BedgenError
-from .settings import AppSettings, _env_int
+from .settings import AppSettings, env_int
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -80,12 +81,12 @@ class GuardSettings:
             allowed_hosts=frozenset(names),
             behind_space_proxy=bool(os.environ.get("SPACE_ID")),
             login=bool(settings.auth),
-            login_lockout_s=_env_int("BEDGEN_LOGIN_LOCKOUT_S", 60),
+            login_lockout_s=env_int("BEDGEN_LOGIN_LOCKOUT_S", 60),
             # A browser tab holds one or two queued events at a time; a script that floods does not.
-            max_pending_per_visitor=_env_int("BEDGEN_MAX_PENDING_PER_VISITOR", 4 if settings.public else 0),
+            max_pending_per_visitor=env_int("BEDGEN_MAX_PENDING_PER_VISITOR", 4 if settings.public else 0),
             # A browser opens the result stream right after sending; 30 s also covers a slow
             # network. Off locally: the owner's own scripts may read late on a busy machine.
-            abandon_after_s=_env_int("BEDGEN_ABANDON_AFTER_S", 30 if settings.public else 0),
+            abandon_after_s=env_int("BEDGEN_ABANDON_AFTER_S", 30 if settings.public else 0),
         )
 
 
@@ -341,13 +342,8 @@ class Guard:
         elif method == "POST" and QUEUE_POSTS.match(path):
             await self._admit(scope, receive, send)
         elif (key := self.work.stream_key(scope)) is not None:
-            self.work.readers[key] += 1
-            try:
+            with _counted(self.work.readers, key):
                 await self.app(scope, receive, send)
-            finally:
-                self.work.readers[key] -= 1
-                if self.work.readers[key] <= 0:
-                    del self.work.readers[key]
         else:
             await self.app(scope, receive, send)
 
@@ -369,13 +365,21 @@ class Guard:
         if reason := self.work.refusal(who):
             await _refuse(scope, send, 429, reason)
             return
-        self.work.admitting[who] += 1  # counted until the event is in the queue
-        try:
+        with _counted(self.work.admitting, who):  # counted until the event is in the queue
             await self.app(scope, receive, send)
-        finally:
-            self.work.admitting[who] -= 1
-            if self.work.admitting[who] <= 0:
-                del self.work.admitting[who]
+
+
+@contextlib.contextmanager
+def _counted(counter: Counter, key: Any) -> Iterator[None]:
+    """``counter[key]`` is one higher while the block runs; a key back at zero is removed, so
+    the counter holds only visitors (or streams) with something in flight."""
+    counter[key] += 1
+    try:
+        yield
+    finally:
+        counter[key] -= 1
+        if counter[key] <= 0:
+            del counter[key]
 
 
 async def _refuse(scope: dict, send: Any, status: int, reason: str) -> None:

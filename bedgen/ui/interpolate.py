@@ -13,6 +13,7 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 from PIL import Image
 
+from ..core.checks import whole_number
 from ..core.errors import BedgenError
 from ..sampling.interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS, InterpolationResult, interpolate
 from ..sampling.pipeline import MAX_SEED
@@ -20,7 +21,7 @@ from .cache import PipelineCache
 from .components import Choice, ImageUpload, Options, RawNumber, RawSlider, gallery_image, on_gpu
 from .display import display_gallery, display_image, enlarged, enlarged_items
 from .errors import listen
-from .generate import model_choices, whole_number
+from .generate import model_choices
 from .settings import AppSettings
 
 MAX_UI_FRAMES = 16

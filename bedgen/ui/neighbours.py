@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from ..core.checks import whole_number
 from ..core.errors import BedgenError
 from ..core.images import load_image
 from ..data.datasets import preprocess
@@ -17,7 +18,6 @@ from ..evaluation.neighbours import NON_STANDARD_NOTE, LpipsIndex, SearchResult,
 from .components import Choice, ImageUpload, RawSlider, gallery_image
 from .display import display_gallery, enlarged_items
 from .errors import listen
-from .generate import whole_number
 from .settings import AppSettings
 
 MAX_K = 20

@@ -8,25 +8,24 @@ from pathlib import Path
 
 import torch
 
+from ..core.checks import whole_number
+from ..core.errors import BedgenError
 from ..storage.registry import CURATED_HUB_MODELS, DEFAULT_MODEL, checkpoints_dir
 from .security import ModelPolicy, parse_auth
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, low: int = 0) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"bedgen app: environment variable {name} must be a whole number, got {raw!r}")
+        return whole_number(f"environment variable {name}", raw, low)
+    except BedgenError as e:
+        raise SystemExit(f"bedgen app: {e}") from None
 
 
-def _env_positive(name: str, default: int) -> int:
-    value = _env_int(name, default)
-    if value < 1:
-        raise SystemExit(f"bedgen app: environment variable {name} must be at least 1, got {value}")
-    return value
+def env_positive(name: str, default: int) -> int:
+    return env_int(name, default, low=1)
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -89,13 +88,13 @@ class AppSettings:
         return cls(
             checkpoints=checkpoints_dir(),
             default_model=os.environ.get("BEDGEN_DEFAULT_MODEL", DEFAULT_MODEL),
-            max_images=_env_int("BEDGEN_MAX_IMAGES", 8),
+            max_images=env_int("BEDGEN_MAX_IMAGES", 8),
             # One image keeps a CPU click under half a minute at 256 px; GPUs do 4 at once.
-            default_images=_env_int("BEDGEN_DEFAULT_IMAGES", 4 if torch.cuda.is_available() else 1),
-            max_steps=_env_int("BEDGEN_MAX_STEPS", 1000),
-            model_cache_size=_env_int("BEDGEN_MODEL_CACHE", 2),
-            concurrency=_env_int("BEDGEN_CONCURRENCY", 1),
-            queue_size=_env_int("BEDGEN_QUEUE_SIZE", 32),
+            default_images=env_int("BEDGEN_DEFAULT_IMAGES", 4 if torch.cuda.is_available() else 1),
+            max_steps=env_int("BEDGEN_MAX_STEPS", 1000),
+            model_cache_size=env_int("BEDGEN_MODEL_CACHE", 2),
+            concurrency=env_int("BEDGEN_CONCURRENCY", 1),
+            queue_size=env_int("BEDGEN_QUEUE_SIZE", 32),
             data_roots=tuple(
                 Path(p).expanduser() for p in os.environ.get("BEDGEN_DATA_ROOTS", "data").split(os.pathsep) if p
             ),
@@ -103,15 +102,15 @@ class AppSettings:
             references=Path(os.environ.get("BEDGEN_REFERENCES", "references")).expanduser(),
             sweeps=Path(os.environ.get("BEDGEN_SWEEPS", str(checkpoints_dir() / "sweeps"))).expanduser(),
             inception_weights=_env_path("BEDGEN_INCEPTION_WEIGHTS"),
-            max_eval_samples=_env_int("BEDGEN_MAX_EVAL_SAMPLES", 2000),
+            max_eval_samples=env_int("BEDGEN_MAX_EVAL_SAMPLES", 2000),
             lpips_weights=_env_path("BEDGEN_LPIPS_WEIGHTS"),
             public=public,
             auth=auth,
             hub_models=hub_models or tuple(entry.ref for entry in CURATED_HUB_MODELS),
-            max_upload_mb=_env_int("BEDGEN_MAX_UPLOAD_MB", 20),
+            max_upload_mb=env_int("BEDGEN_MAX_UPLOAD_MB", 20),
             training_requested=training_requested,
             training_enabled=training_requested and (bool(auth) or not public),
-            cache_clean_every=_env_positive("BEDGEN_CACHE_CLEAN_EVERY", 600),
+            cache_clean_every=env_positive("BEDGEN_CACHE_CLEAN_EVERY", 600),
             # A visitor of a public app needs its files for a session; a local user may come back the next day.
-            cache_max_age=_env_positive("BEDGEN_CACHE_MAX_AGE", 3600 if public else 24 * 3600),
+            cache_max_age=env_positive("BEDGEN_CACHE_MAX_AGE", 3600 if public else 24 * 3600),
         )

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from ..config.schema import PRESETS
+from ..core.checks import real_number, whole_number
 from ..core.errors import BedgenError
 from ..core.hub import parse_hub_ref
+from ..storage.run_folder import RunFolder
 from .components import Choice, Options, RawNumber, RawSlider
 from .errors import listen
 from .security import inside, local_folder
@@ -146,37 +148,31 @@ class TrainingJobs:
 def check_request(settings: AppSettings, data: Any, preset: Any, resolution: Any, max_steps: Any,
                   batch_size: Any, lr: Any, optimizer: Any, run_name: Any, autoencoder: Any = "") -> TrainRequest:
     """Validate the form; paths must stay inside the configured data roots."""
-    from .generate import whole_number
-
     if preset not in PRESETS:
         raise BedgenError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if optimizer not in OPTIMIZERS:
         raise BedgenError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    rate = _check_run(run_name, lr)
+    shared = _shared_fields(run_name, lr, max_steps, batch_size)
     return TrainRequest(
         data=_check_data_source(settings, data),
         preset=preset,
         resolution=whole_number("resolution", resolution, 8, 1024),
-        max_steps=whole_number("steps", max_steps, 1, 10_000_000),
-        batch_size=whole_number("batch size", batch_size, 1, 4096),
-        lr=rate,
         optimizer=optimizer,
-        run_name=run_name.strip(),
         autoencoder=_check_autoencoder(settings, preset, autoencoder),
+        **shared,
     )
 
 
-def _check_run(run_name: Any, lr: Any) -> float:
-    """The run name's shape and the learning rate, checked the same way in both modes."""
+def _shared_fields(run_name: Any, lr: Any, max_steps: Any, batch_size: Any) -> dict[str, Any]:
+    """The fields both modes have (run name, learning rate, steps, batch size), checked the same way."""
     if not isinstance(run_name, str) or not RUN_NAME.match(run_name.strip()):
         raise BedgenError("run name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    try:
-        rate = float(lr)
-    except (TypeError, ValueError):
-        raise BedgenError(f"learning rate must be a number, got {lr!r}") from None
-    if not 0 < rate < 1:
-        raise BedgenError(f"learning rate must be between 0 and 1, got {lr!r}")
-    return rate
+    return dict(
+        run_name=run_name.strip(),
+        lr=real_number("learning rate", lr, 0.0, 1.0, low_open=True, high_open=True),
+        max_steps=whole_number("steps", max_steps, 1, 10_000_000),
+        batch_size=whole_number("batch size", batch_size, 1, 4096),
+    )
 
 
 def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any, prior_weight: Any,
@@ -184,24 +180,14 @@ def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any
                            run_name: Any) -> FinetuneJob:
     """Validate the fine-tune form: the model under the checkpoints folder (or a Hub id), the
     instance images under the data roots."""
-    from .generate import whole_number
-
-    rate = _check_run(run_name, lr)
-    try:
-        weight = float(prior_weight)
-    except (TypeError, ValueError):
-        raise BedgenError(f"prior weight must be a number, got {prior_weight!r}") from None
-    if not 0 <= weight <= 100:
-        raise BedgenError(f"prior weight must be between 0 and 100, got {prior_weight!r}")
+    shared = _shared_fields(run_name, lr, max_steps, batch_size)
+    weight = real_number("prior weight", prior_weight, 0.0, 100.0)
     return FinetuneJob(
         model=_check_model_ref(settings, model, "the model to fine-tune"),
         instance_data=_check_data_source(settings, instance_data),
         prior_weight=weight,
         num_class_images=whole_number("class images", num_class_images, 0, 10_000),
-        max_steps=whole_number("steps", max_steps, 1, 10_000_000),
-        batch_size=whole_number("batch size", batch_size, 1, 4096),
-        lr=rate,
-        run_name=run_name.strip(),
+        **shared,
     )
 
 
@@ -273,12 +259,10 @@ def _local_refs(settings: AppSettings) -> list[str]:
 
 def finetune_summary(run: Path) -> str | None:
     """The fine-tune report as one line, once the run has written it."""
-    from ..training.finetune import REPORT_JSON
-
+    report = RunFolder(run).finetune_report()
     try:
-        report = json.loads((run / REPORT_JSON).read_text())
         before, after = report["source"], report["finetuned"]
-    except (OSError, ValueError, KeyError):
+    except KeyError:
         return None
     return (f"LPIPS to the nearest instance: {before['lpips_to_nearest_instance']:.3f} → "
             f"{after['lpips_to_nearest_instance']:.3f} (lower = closer) · mean pairwise LPIPS: "
@@ -291,17 +275,9 @@ def read_status(jobs: TrainingJobs) -> tuple[str, list[dict[str, Any]], str | No
     run = jobs.run_dir
     if run is None:
         return "No run started yet.", [], None
-    state: dict[str, Any] = {}
-    if (run / "bedgen-run.json").is_file():
-        state = json.loads((run / "bedgen-run.json").read_text())
-    records = []
-    if (run / "metrics.jsonl").is_file():
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue  # a line being written right now
-    losses = [r for r in records if "loss" in r]
+    folder = RunFolder(run)
+    state = folder.state()
+    losses = [r for r in folder.metrics() if "loss" in r]
     alive = jobs.running()
     status = state.get("status", "starting") if alive or state else "starting"
     if alive and status in ("stopped", "finished"):
@@ -326,8 +302,8 @@ def read_status(jobs: TrainingJobs) -> tuple[str, list[dict[str, Any]], str | No
         parts.append(summary)
     if status in ("exited", "diverged") or (not alive and not state):
         parts.append(f"```\n{jobs.log_tail()}\n```")
-    preview = run / "previews" / "latest.png"
-    return "\n\n".join(parts), losses, str(preview) if preview.is_file() else None
+    preview = folder.latest_preview()
+    return "\n\n".join(parts), losses, str(preview) if preview is not None else None
 
 
 def loss_frame(losses: list[dict[str, Any]]) -> "pd.DataFrame":
