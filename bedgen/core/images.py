@@ -35,6 +35,16 @@ def to_signed(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
     return pixels.float() / 127.5 - 1
 
 
+def signed_to_unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] (bedgen's range) -> [0, 1], where score models work (Song & Ermon 2019 use [0, 1] data)."""
+    return (x + 1) / 2
+
+
+def unit_to_signed(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`signed_to_unit`."""
+    return x * 2 - 1
+
+
 def grid(images: list[Image.Image], columns: int | None = None, pad: int = 2) -> Image.Image:
     """Tile images row by row on a white background; a near-square layout by default."""
     if not images:

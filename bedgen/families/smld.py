@@ -19,17 +19,13 @@ from diffusers import ScoreSdeVeScheduler, UNet2DModel
 from ..maths import score as sm
 from ..config.schema import BedgenConfig
 from ..core.errors import BedgenError
+from ..core.images import signed_to_unit
 from ..models.unet import build_unet
 from .base import UNetFamily
 
 # Images used to measure σ_max: the maximum pairwise distance saturates quickly.
 SIGMA_MAX_SAMPLE = 4096
 SIGMA_MAX_SEED = 0
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] (bedgen's data range) -> [0, 1] (the score family's)."""
-    return (x + 1) / 2
 
 
 def build_score_scheduler(config: BedgenConfig) -> ScoreSdeVeScheduler:
@@ -91,7 +87,7 @@ class ScoreFamily(UNetFamily):
         self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(per-sample losses, level indices, the same losses detached)."""
-        x = to_unit(x0)
+        x = signed_to_unit(x0)
         levels = torch.randint(0, self.num_timesteps, (x.shape[0],), generator=generator, device=x.device)
         sigma = self.sigmas.to(x.device)[levels]
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -101,4 +97,4 @@ class ScoreFamily(UNetFamily):
         return losses, levels, losses.detach()
 
 
-__all__ = ["ScoreFamily", "build_score_scheduler", "sigma_max_of", "to_unit"]
+__all__ = ["ScoreFamily", "build_score_scheduler", "sigma_max_of"]

@@ -25,7 +25,7 @@ from ..storage.checkpoint import CheckpointInfo, load_checkpoint
 from ..core.device import Placement, resolve
 from ..core.checks import positive_number, whole_number
 from ..core.errors import BedgenError
-from ..core.images import to_pil, to_signed
+from ..core.images import to_pil, to_signed, unit_to_signed
 from ..models import autoencoders
 from ..storage.checkpoint import is_autoencoder_checkpoint, latest_in_run, load_autoencoder_checkpoint
 from ..core.files import recover_interrupted_save
@@ -309,7 +309,7 @@ class Pipeline:
 
         def keep_frame(level: int, x: torch.Tensor) -> None:
             if trajectory_every and level % trajectory_every == 0:
-                frames.append(x.clamp(0, 1).cpu() * 2 - 1)
+                frames.append(unit_to_signed(x.clamp(0, 1)).cpu())
 
         if sampler == "langevin":
             x = sm.annealed_langevin(score, x, sigmas, s.langevin_steps, step_size or s.step_size, generators,
@@ -317,7 +317,7 @@ class Pipeline:
         else:
             x = sm.ve_predictor_corrector(score, x, sigmas, step_size or s.snr, s.corrector_steps, generators,
                                           on_eval=on_eval, on_level=keep_frame)
-        final = (x.clamp(0, 1) * 2 - 1).cpu()  # [0, 1] -> bedgen's [-1, 1]
+        final = unit_to_signed(x.clamp(0, 1)).cpu()
         if trajectory_every:
             frames.append(final)
         return final, frames
