@@ -40,6 +40,19 @@ def test_same_seed_same_image_through_the_app(client, app_server):
     assert Image.open(a).tobytes() == Image.open(b).tobytes()
 
 
+def test_generate_streams_x0_previews_before_the_samples(client, app_server):
+    model = str(app_server.log.parent / "checkpoints" / "tiny")
+    job = client.submit(model, 4, 16, "ddim", 2, False, 0, api_name="/generate")
+    gallery, _, status = job.result()
+    *previews, final = job.outputs()  # every update the event streamed, the samples last
+    assert final[2] == status and "2 image(s)" in status
+    assert len(previews) >= 1
+    for preview_gallery, _, preview_status in previews:
+        assert "predicted clean images x̂₀" in preview_status
+        assert [item["caption"] for item in preview_gallery] == ["seed 4", "seed 5"]
+    assert [item["caption"] for item in gallery] == ["seed 4", "seed 5"]
+
+
 def test_trajectory_view(client, app_server):
     _, trajectory, _ = _generate(client, app_server, steps=8, n=1, trajectory=True)
     assert len(trajectory) >= 2 and trajectory[0]["caption"] == "step 1"

@@ -99,6 +99,23 @@ def test_interpolate_tab_upload_two_images_move_the_slider_see_frames(page, room
     page.screenshot(path=str(tmp_path / "interpolate.png"))
 
 
+def test_generate_shows_x0_previews_while_sampling(page):
+    page.get_by_role("tab", name="Generate").click()
+    # Every text the status area shows, recorded in the page as it changes.
+    page.evaluate("""() => { const status = document.querySelector('#generate-status'); window.generateTexts = [];
+        new MutationObserver(() => window.generateTexts.push(status.innerText))
+            .observe(status, {subtree: true, childList: true, characterData: true}); }""")
+    steps = page.locator("#generate-steps input[type=number]")
+    steps.fill("40")
+    steps.press("Enter")
+    page.click("#generate-button")
+    page.locator("#generate-status").get_by_text("40 steps").wait_for(timeout=60_000)
+    texts = page.evaluate("window.generateTexts")
+    previews = [t for t in texts if "predicted clean images x̂₀" in t]
+    assert previews and texts.index(previews[0]) < len(texts) - 1, texts
+    _loaded_images(page, "#generate-gallery img", 1)
+
+
 def test_neighbours_tab_query_shows_k_neighbours(page, app_server, tmp_path):
     page.get_by_role("tab", name="Nearest neighbours").click()
     _upload(page, "nn-query", app_server.log.parent / "rooms" / "room-00003.png")
