@@ -173,7 +173,7 @@ def test_moving_the_weight_slider_recomputes_the_middle_frame(client, app_server
     args = (model, handle_file(str(two_rooms[0])), handle_file(str(two_rooms[1])), 0.5)
     quarter, status = client.predict(*args, 0.25, "ddim-inversion", 3, 0, api_name="/interpolate_weight")
     frames, *_ = _interpolate(client, app_server, *two_rooms, frames=5, method="ddim-inversion")
-    assert "1 frame(s)" in status
+    assert "1 frame(s) at λ = 0.25" in status  # the slider's λ, computed exactly
     difference = np.abs(np.asarray(Image.open(quarter), float) - np.asarray(Image.open(frames[1]["image"]).convert("RGB"), float))
     assert difference.max() <= 1.0
 

@@ -1,17 +1,46 @@
-"""Views that follow the visitor live: Generate streams x̂₀ previews while it samples. (The app
-and browser tests in test_app.py and test_browser.py drive the same through HTTP and Chromium.)"""
+"""Views that follow the visitor live: the λ slider flips through computed frames without the
+model, and Generate streams x̂₀ previews while it samples. (The app and browser tests in
+test_app.py and test_browser.py drive the same through HTTP and Chromium.)"""
 
 from __future__ import annotations
 
 import threading
 
+import gradio as gr
 import pytest
+from PIL import Image
 
 from bedgen.core.errors import BedgenError
 from bedgen.ui.cache import PipelineCache
 from bedgen.ui.generate import run_generate
+from bedgen.ui.interpolate import Frames, nearest_frame
 from bedgen.ui.settings import AppSettings
 from bedgen.ui.stream import Done, StreamClosed, streamed
+
+
+def _frames(n: int = 5) -> Frames:
+    weights = tuple(i / (n - 1) for i in range(n))
+    native = tuple(Image.new("RGB", (16, 16), (i * 40, 0, 0)) for i in range(n))
+    shown = tuple(im.resize((256, 256)) for im in native)
+    return Frames(weights, native, shown)
+
+
+@pytest.mark.parametrize("weight, index", [(0.0, 0), (0.1, 0), (0.13, 1), (0.45, 2), (0.6, 2), (0.9, 4), (1, 4)])
+def test_dragging_shows_the_computed_frame_nearest_the_slider(weight, index):
+    frames = _frames()  # λ = 0, 0.25, 0.5, 0.75, 1
+    native, shown, note = nearest_frame(frames, weight)
+    assert native is frames.native[index] and shown is frames.shown[index]  # the display copy, as shown after a run
+    if weight == frames.weights[index]:
+        assert note == f"precomputed frame λ = {frames.weights[index]:.2f}"
+    else:
+        assert note == (f"nearest precomputed frame λ = {frames.weights[index]:.2f}; "
+                        f"release to compute λ = {weight:.2f} exactly")
+
+
+def test_before_any_interpolation_dragging_changes_no_image():
+    native, shown, note = nearest_frame(None, 0.3)
+    assert native == shown == gr.skip()
+    assert "Interpolate first" in note and "λ = 0.30" in note
 
 
 def test_a_stream_yields_the_updates_then_the_result_in_the_work_context():
