@@ -40,6 +40,19 @@ def test_same_seed_same_image_through_the_app(client, app_server):
     assert Image.open(a).tobytes() == Image.open(b).tobytes()
 
 
+def test_generate_streams_x0_previews_before_the_samples(client, app_server):
+    model = str(app_server.log.parent / "checkpoints" / "tiny")
+    job = client.submit(model, 4, 16, "ddim", 2, False, 0, api_name="/generate")
+    gallery, _, status = job.result()
+    *previews, final = job.outputs()  # every update the event streamed, the samples last
+    assert final[2] == status and "2 image(s)" in status
+    assert len(previews) >= 1
+    for preview_gallery, _, preview_status in previews:
+        assert "predicted clean images x̂₀" in preview_status
+        assert [item["caption"] for item in preview_gallery] == ["seed 4", "seed 5"]
+    assert [item["caption"] for item in gallery] == ["seed 4", "seed 5"]
+
+
 def test_trajectory_view(client, app_server):
     _, trajectory, _ = _generate(client, app_server, steps=8, n=1, trajectory=True)
     assert len(trajectory) >= 2 and trajectory[0]["caption"] == "step 1"
@@ -160,7 +173,7 @@ def test_moving_the_weight_slider_recomputes_the_middle_frame(client, app_server
     args = (model, handle_file(str(two_rooms[0])), handle_file(str(two_rooms[1])), 0.5)
     quarter, status = client.predict(*args, 0.25, "ddim-inversion", 3, 0, api_name="/interpolate_weight")
     frames, *_ = _interpolate(client, app_server, *two_rooms, frames=5, method="ddim-inversion")
-    assert "1 frame(s)" in status
+    assert "1 frame(s) at λ = 0.25" in status  # the slider's λ, computed exactly
     difference = np.abs(np.asarray(Image.open(quarter), float) - np.asarray(Image.open(frames[1]["image"]).convert("RGB"), float))
     assert difference.max() <= 1.0
 

@@ -44,8 +44,8 @@ def test_click_generate_shows_images(page, tmp_path):
         "() => [...document.querySelectorAll('#generate-gallery img')].some(i => i.complete && i.naturalWidth > 0)",
         timeout=30_000,
     )
-    status = page.locator("#generate-status").inner_text()
-    assert "image(s) from" in status
+    # The gallery shows x̂₀ previews first; the status names the samples once they are done.
+    page.locator("#generate-status").get_by_text("image(s) from").wait_for(timeout=60_000)
     page.screenshot(path=str(tmp_path / "generate.png"))
 
 
@@ -97,6 +97,52 @@ def test_interpolate_tab_upload_two_images_move_the_slider_see_frames(page, room
     page.get_by_text("1 frame(s)").first.wait_for(timeout=60_000)
     _loaded_images(page, "#interp-middle img", 1)
     page.screenshot(path=str(tmp_path / "interpolate.png"))
+
+
+def test_dragging_lambda_shows_a_computed_frame_and_releasing_computes_it(page, rooms):
+    page.get_by_role("tab", name="Interpolate").click()
+    _upload(page, "interp-a", rooms[0])
+    _upload(page, "interp-b", rooms[1])
+    page.click("#interp-button")
+    status = page.locator("#interp-status")
+    status.get_by_text("8 frame(s)").wait_for(timeout=60_000)  # λ = 0, 1/7, ..., 1
+    _loaded_images(page, "#interp-frames img", 8)
+    computed = status.inner_text()
+    # Dragging (input events, no release yet) shows the computed frame nearest λ = 0.45: λ = 3/7.
+    slider = page.locator("#interp-weight input[type=range]")
+    slider.fill("0.45")
+    note = page.locator("#interp-weight-note")
+    note.get_by_text("nearest precomputed frame λ = 0.43; release to compute λ = 0.45 exactly").wait_for(
+        timeout=30_000)
+    frame = page.locator("#interp-frames img").nth(3).get_attribute("src")
+    page.wait_for_function("src => document.querySelector('#interp-middle img')?.src === src", arg=frame,
+                           timeout=30_000)  # the very file (enlarged copy) the frames gallery shows
+    # No model ran: every model call rewrites the status (a single λ's says "1 frame(s) at λ").
+    assert status.inner_text() == computed
+    # Releasing computes λ = 0.45 itself.
+    slider.dispatch_event("pointerup")
+    status.get_by_text("1 frame(s) at λ = 0.45").wait_for(timeout=60_000)
+    note.get_by_text("λ = 0.45, computed exactly").wait_for(timeout=30_000)
+    _loaded_images(page, "#interp-middle img", 1)
+    assert page.locator("#interp-middle img").get_attribute("src") != frame
+
+
+def test_generate_shows_x0_previews_while_sampling(page, app_server):
+    page.get_by_role("tab", name="Generate").click()
+    _option(page, "generate-model", "tiny  (local)").click()  # an earlier test leaves a bad name
+    # Every text the status area shows, recorded in the page as it changes.
+    page.evaluate("""() => { const status = document.querySelector('#generate-status'); window.generateTexts = [];
+        new MutationObserver(() => window.generateTexts.push(status.innerText))
+            .observe(status, {subtree: true, childList: true, characterData: true}); }""")
+    steps = page.locator("#generate-steps input[type=number]")
+    steps.fill("40")
+    steps.press("Enter")
+    page.click("#generate-button")
+    page.locator("#generate-status").get_by_text("40 steps").wait_for(timeout=60_000)
+    texts = page.evaluate("window.generateTexts")
+    previews = [t for t in texts if "predicted clean images x̂₀" in t]
+    assert previews and texts.index(previews[0]) < len(texts) - 1, texts
+    _loaded_images(page, "#generate-gallery img", 1)
 
 
 def test_neighbours_tab_query_shows_k_neighbours(page, app_server, tmp_path):

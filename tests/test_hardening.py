@@ -330,18 +330,25 @@ def _public_app(root: Path, **env: str) -> AppProcess:
 
 
 def _fake_spaces_package(site: Path) -> Path:
-    """A stand-in for the `spaces` package of ZeroGPU Spaces: `spaces.GPU` records each call it wraps."""
+    """A stand-in for the `spaces` package of ZeroGPU Spaces: `spaces.GPU` records each call it wraps,
+    and like the real one keeps a generator function (an event that streams) a generator function."""
     fake = site / "spaces"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(
-        "import functools, os\n"
+        "import functools, inspect, os\n"
+        "def mark(fn):\n"
+        "    with open(os.environ['SPACES_MARK'], 'a') as f:\n"
+        "        f.write(fn.__name__ + '\\n')\n"
         "def GPU(fn):\n"
         "    @functools.wraps(fn)\n"
         "    def wrapped(*args, **kwargs):\n"
-        "        with open(os.environ['SPACES_MARK'], 'a') as f:\n"
-        "            f.write(fn.__name__ + '\\n')\n"
+        "        mark(fn)\n"
         "        return fn(*args, **kwargs)\n"
-        "    return wrapped\n"
+        "    @functools.wraps(fn)\n"
+        "    def streamed(*args, **kwargs):\n"
+        "        mark(fn)\n"
+        "        yield from fn(*args, **kwargs)\n"
+        "    return streamed if inspect.isgeneratorfunction(fn) else wrapped\n"
     )
     return site
 

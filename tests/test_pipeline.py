@@ -56,6 +56,31 @@ def test_trajectory_holds_predicted_clean_images(pipe):
     assert result.trajectory[0][0].size == (16, 16)
 
 
+def test_previews_come_with_the_trajectory_frames_and_finished_batches_stay_in_them(pipe):
+    previews = []
+    result = pipe.sample(3, seed=0, steps=6, scheduler="ddim", batch_size=2, trajectory_every=2, dtype="fp32",
+                         on_preview=lambda done, total, images: previews.append((done, total, images)))
+    # Two batches, each previewed at steps 0, 2, 4 and the last (evaluations 1, 3, 5, 6 of each).
+    assert [d for d, _, _ in previews] == [1, 3, 5, 6, 7, 9, 11, 12] and {t for _, t, _ in previews} == {12}
+    assert [len(images) for *_, images in previews] == [2, 2, 2, 2, 3, 3, 3, 3]
+    # Each preview is the trajectory frame made there; the second batch's show the first batch finished.
+    assert previews[1][2][1].tobytes() == result.trajectory[1][1].tobytes()
+    assert [im.tobytes() for im in previews[4][2][:2]] == [im.tobytes() for im in result.images[:2]]
+    assert previews[5][2][2].tobytes() == result.trajectory[2][1].tobytes()
+    pipe.sample(1, seed=0, steps=3, on_preview=lambda *a: pytest.fail("no trajectory, no preview"))
+
+
+def test_score_model_previews_its_levels(tmp_path):
+    from conftest import make_tiny_score_checkpoint
+
+    smld = bedgen.load(str(make_tiny_score_checkpoint(tmp_path / "smld")))
+    previews = []
+    result = smld.sample(2, seed=0, steps=4, trajectory_every=2,
+                         on_preview=lambda done, total, images: previews.append(images))
+    assert len(previews) == 2 and all(len(images) == 2 for images in previews)  # levels 0 and 2
+    assert previews[1][0].tobytes() == result.trajectory[0][1].tobytes()
+
+
 def test_auto_placement_on_this_cpu():
     placement = resolve("auto", "auto")
     assert placement.device.type == ("cuda" if torch.cuda.is_available() else "cpu")

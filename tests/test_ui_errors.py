@@ -94,3 +94,46 @@ def test_a_value_outside_the_choices_is_one_clipped_line_naming_the_field():
         assert component.preprocess("a") == "a"
     refused = Checkboxes(["a", "b"], label="Metrics").preprocess([junk])
     assert isinstance(refused, RefusedInput) and len(refused.message) < 200
+def test_a_streaming_event_stays_a_generator_and_a_failure_between_updates_is_reported(caplog):
+    import inspect
+
+    def stream(n):
+        yield "preview"
+        raise BedgenError(f"steps must be between 1 and 1000, got {n!r}")
+
+    wrapped = reported(stream, "generation")
+    assert inspect.isgeneratorfunction(wrapped)  # what makes Gradio stream its updates
+    updates = wrapped(5000)
+    assert next(updates) == "preview"
+    with caplog.at_level(logging.INFO, logger="bedgen.ui"):
+        with pytest.raises(gr.Error, match="steps must be between 1 and 1000, got 5000"):
+            next(updates)
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+
+
+def test_a_streaming_event_refuses_a_refused_input_before_its_first_update():
+    from bedgen.ui.errors import RefusedInput
+
+    def stream(a):
+        yield "never"
+
+    with pytest.raises(gr.Error, match="Image A must be an image"):
+        next(reported(stream, "interpolation")(RefusedInput("Image A must be an image uploaded to this app")))
+
+
+def test_closing_a_streaming_event_is_no_failure(caplog):
+    closed = []
+
+    def stream():
+        try:
+            yield "preview"
+            yield "more"
+        finally:
+            closed.append(True)
+
+    updates = reported(stream, "generation")()
+    next(updates)
+    with caplog.at_level(logging.INFO, logger="bedgen.ui"):
+        updates.close()  # Gradio closes the stream of a cancelled event
+    assert closed == [True] and not caplog.records

@@ -39,6 +39,8 @@ from .schedulers import (
 from ..maths import score as sm
 
 ProgressFn = Callable[[int, int], None]
+# (evaluations done, evaluations in all, the images so far: finished batches, then x̂₀ of the current one)
+PreviewFn = Callable[[int, int, list[Image.Image]], None]
 MAX_SEED = 2**63 - 1
 MAX_IMAGES = 100_000
 
@@ -168,11 +170,13 @@ class Pipeline:
         progress: ProgressFn | None = None,
         trajectory_every: int = 0,
         step_size: float | None = None,
+        on_preview: PreviewFn | None = None,
     ) -> SampleResult:
         """Like :meth:`generate`, with timing and (optionally) the denoising trajectory.
 
         ``step_size`` is for score models only: Langevin's ε, or the corrector's
-        signal-to-noise ratio for ``pc`` (default: the model's config).
+        signal-to-noise ratio for ``pc`` (default: the model's config). ``on_preview`` is
+        called with each trajectory frame as it is made (so only when ``trajectory_every`` > 0).
         """
         n = whole_number("number of images", n, 1, MAX_IMAGES)
         seed = whole_number("seed", seed, 0, MAX_SEED - n)
@@ -187,11 +191,11 @@ class Pipeline:
         step_size = self._check_step_size(step_size)
         with self.placement.use(placement):
             return self._sample(n, seed, sampler, steps, batch_size, placement, progress, trajectory_every,
-                                step_size, evals_per_batch)
+                                step_size, evals_per_batch, on_preview)
 
     def _sample(self, n: int, seed: int, sampler: str, steps: int, batch_size: int, placement: Placement,
                 progress: ProgressFn | None, trajectory_every: int, step_size: float | None,
-                evals_per_batch: int) -> SampleResult:
+                evals_per_batch: int, on_preview: PreviewFn | None = None) -> SampleResult:
         start = time.perf_counter()
         seeds = list(range(seed, seed + n))
         batches = [seeds[i : i + batch_size] for i in range(0, n, batch_size)]
@@ -205,9 +209,14 @@ class Pipeline:
 
         images: list[Image.Image] = []
         trajectory: list[list[Image.Image]] = []
+
+        def on_frame(frame: torch.Tensor) -> None:
+            if on_preview is not None:
+                on_preview(done, evals_per_batch * len(batches), images + to_pil(frame))
+
         for batch_seeds in batches:
             final, frames = self._sample_batch(
-                batch_seeds, sampler, steps, placement, on_eval, trajectory_every, step_size
+                batch_seeds, sampler, steps, placement, on_eval, trajectory_every, step_size, on_frame
             )
             images += to_pil(final)
             if trajectory_every:
@@ -261,9 +270,11 @@ class Pipeline:
         on_eval: Callable[[], None],
         trajectory_every: int,
         step_size: float | None = None,
+        on_frame: Callable[[torch.Tensor], None] = lambda frame: None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self.is_score_model:
-            return self._sample_score_batch(seeds, sampler, steps, placement, on_eval, trajectory_every, step_size)
+            return self._sample_score_batch(seeds, sampler, steps, placement, on_eval, trajectory_every, step_size,
+                                            on_frame)
         scheduler = make_scheduler(sampler, self.training_scheduler)
         scheduler.set_timesteps(steps)
         # CPU generators: the same seed gives the same noise on every device.
@@ -285,6 +296,7 @@ class Pipeline:
             if trajectory_every and (i % trajectory_every == 0 or i == len(timesteps) - 1):
                 pred = getattr(step, "pred_original_sample", None)
                 frames.append(self.decode(pred if pred is not None else x0).cpu())
+                on_frame(frames[-1])
         return self.decode(x).cpu(), frames
 
     def _sample_score_batch(
@@ -296,6 +308,7 @@ class Pipeline:
         on_eval: Callable[[], None],
         trajectory_every: int,
         step_size: float | None,
+        on_frame: Callable[[torch.Tensor], None] = lambda frame: None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Annealed Langevin or predictor-corrector on the model's σ ladder; output in [-1, 1]."""
         s = self._score_config()
@@ -310,6 +323,7 @@ class Pipeline:
         def keep_frame(level: int, x: torch.Tensor) -> None:
             if trajectory_every and level % trajectory_every == 0:
                 frames.append(unit_to_signed(x.clamp(0, 1)).cpu())
+                on_frame(frames[-1])
 
         if sampler == "langevin":
             x = sm.annealed_langevin(score, x, sigmas, s.langevin_steps, step_size or s.step_size, generators,
@@ -389,8 +403,9 @@ class AutoencoderPipeline:
     def sample(self, n: int = 1, seed: int = 0, steps: int | None = None, scheduler: str | None = None,
                batch_size: int | None = None, device: str = "auto", dtype: str = "auto",
                progress: ProgressFn | None = None, trajectory_every: int = 0,
-               step_size: float | None = None) -> SampleResult:
-        """Decode z ~ N(0, I) drawn per image from seed + i (Kingma & Welling 2013, Sec. 2.1)."""
+               step_size: float | None = None, on_preview: PreviewFn | None = None) -> SampleResult:
+        """Decode z ~ N(0, I) drawn per image from seed + i (Kingma & Welling 2013, Sec. 2.1).
+        One decoder pass: nothing forms step by step, so ``on_preview`` is never called."""
         n = whole_number("number of images", n, 1, MAX_IMAGES)
         seed = whole_number("seed", seed, 0, MAX_SEED - n)
         if scheduler not in (None, "prior"):

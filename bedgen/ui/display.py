@@ -8,6 +8,8 @@ to download alike, so each output has two components:
 - a display copy (:class:`DisplayGallery`, :class:`DisplayImage`) enlarged by a whole factor
   with NEAREST, so pixels stay sharp squares and nothing is invented. Display copies are
   outside the API (``skip_api``): clients get the model's own pixels, as before.
+
+A note about what is shown (:func:`display_note`) is outside the API the same way.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ class DisplayImage(gr.Image):
         return True
 
 
+class DisplayNote(gr.Markdown):
+    """A Markdown line shown in the browser only (made by :func:`display_note`)."""
+
+    is_template = True
+
+    @property
+    def skip_api(self) -> bool:
+        return True
+
+
 # No drop zone, and no download: the native component next to it has that. (Set here, not in
 # an __init__ of the classes: Gradio sends the browser the props named in __init__'s signature.)
 DISPLAY_OPTIONS = {"interactive": False, "buttons": ["fullscreen"], "format": "png"}
@@ -68,3 +80,7 @@ def display_gallery(**options: Any) -> DisplayGallery:
 
 def display_image(**options: Any) -> DisplayImage:
     return DisplayImage(**{**DISPLAY_OPTIONS, **options})
+
+
+def display_note(**options: Any) -> DisplayNote:
+    return DisplayNote(**options)

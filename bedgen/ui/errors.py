@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import logging
 import re
@@ -19,7 +20,7 @@ import threading
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 from gradio.context import LocalContext
@@ -94,28 +95,51 @@ def reported(fn: Callable[..., Any], what: str, event_id: int | None = None) -> 
     """``fn`` raising every failure as a one-line ``gr.Error``, logged as described above.
 
     ``what`` names the work in messages ("generation"); ``event_id`` (from :func:`listen`)
-    keeps the message for the tab's status area.
+    keeps the message for the tab's status area. A generator function (an event that streams
+    updates) stays one, so Gradio still streams it; a failure between two updates is reported
+    the same way.
     """
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                _refuse_refused_inputs(args, kwargs)
+                yield from fn(*args, **kwargs)
+            except Exception as error:  # GeneratorExit (Gradio closing a stream) is no failure: it passes
+                raise _reported_error(error, what, event_id) from None
+
+        return stream
 
     @functools.wraps(fn)  # Gradio reads the signature (gr.Progress, gr.Request) through __wrapped__
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            for value in (*args, *kwargs.values()):
-                if isinstance(value, RefusedInput):
-                    raise BedgenError(value.message)
+            _refuse_refused_inputs(args, kwargs)
             return fn(*args, **kwargs)
-        except (BedgenError, gr.Error) as error:
-            message = clipped_message(error.message if isinstance(error, gr.Error) else error)
-            log.warning("%s refused: %s", what, message)
         except Exception as error:
-            log.error("%s failed\n%s", what, _traceback(error))
-            message = f"{what} failed unexpectedly (a bug); the app's log has the details"
-        session = _session()
-        if event_id is not None and session is not None:
-            _failures.put((session, event_id), message)
-        raise gr.Error(toast_text(message), print_exception=False)
+            raise _reported_error(error, what, event_id) from None
 
     return run
+
+
+def _refuse_refused_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, RefusedInput):
+            raise BedgenError(value.message)
+
+
+def _reported_error(error: Exception, what: str, event_id: int | None) -> gr.Error:
+    """The ``gr.Error`` the visitor sees for ``error``, logged, and kept for the status area."""
+    if isinstance(error, (BedgenError, gr.Error)):
+        message = clipped_message(error.message if isinstance(error, gr.Error) else error)
+        log.warning("%s refused: %s", what, message)
+    else:
+        log.error("%s failed\n%s", what, _traceback(error))
+        message = f"{what} failed unexpectedly (a bug); the app's log has the details"
+    session = _session()
+    if event_id is not None and session is not None:
+        _failures.put((session, event_id), message)
+    return gr.Error(toast_text(message), print_exception=False)
 
 
 def _traceback(error: BaseException) -> str:

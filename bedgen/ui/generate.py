@@ -22,8 +22,10 @@ from .components import Choice, RawNumber, RawSlider, on_gpu
 from .display import display_gallery, enlarged_items
 from .errors import clip, listen
 from .settings import AppSettings
+from .stream import Channel, Done, streamed
 
 AUTO = "auto"
+# Trajectory frames per image, and so previews per run: x̂₀ is decoded every ceil(steps / 8) steps only.
 TRAJECTORY_FRAMES = 8
 
 
@@ -74,8 +76,13 @@ def run_generate(
     show_trajectory: bool,
     progress: Callable[[int, int], None] | None = None,
     step_size: Any = None,
+    on_preview: Callable[[GenerateOutput], None] | None = None,
 ) -> GenerateOutput:
-    """Typed core of the Generate event; raises BedgenError on bad input."""
+    """Typed core of the Generate event; raises BedgenError on bad input.
+
+    ``on_preview`` gets the gallery while it forms: the predicted clean images x̂₀ of the batch
+    being sampled (after the finished ones), every ``ceil(steps / TRAJECTORY_FRAMES)`` steps.
+    """
     n = whole_number("number of images", num_images, 1, settings.max_images)
     step_size = optional_positive_number("step size", step_size)
     steps = whole_number("steps", steps, 1, settings.max_steps)
@@ -84,11 +91,19 @@ def run_generate(
         raise BedgenError("choose a model (a local checkpoint folder or a Hub id org/name)")
     sampler = None if sampler in (None, "", AUTO) else sampler
     pipe = cache.get(model)
-    every = math.ceil(steps / TRAJECTORY_FRAMES) if show_trajectory else 0
-    result = pipe.sample(n, seed, steps, sampler, progress=progress, trajectory_every=every, step_size=step_size)
+    every = math.ceil(steps / TRAJECTORY_FRAMES) if show_trajectory or on_preview else 0
+
+    def preview(done: int, total: int, images: list[Image.Image]) -> None:
+        if on_preview is not None:
+            forming = [(im, f"seed {seed + i}") for i, im in enumerate(images)]
+            text = f"denoising… step {done} of {total}: predicted clean images x̂₀"
+            on_preview(GenerateOutput(forming, [], text))
+
+    result = pipe.sample(n, seed, steps, sampler, progress=progress, trajectory_every=every, step_size=step_size,
+                         on_preview=preview)
     gallery = [(im, f"seed {s}") for im, s in zip(result.images, result.seeds)]
     trajectory = []
-    if result.trajectory:
+    if show_trajectory and result.trajectory:
         frames = result.trajectory[0]
         trajectory = [(im, f"step {min(i * every + 1, steps)}") for i, im in enumerate(frames)]
     status = (
@@ -113,7 +128,8 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.Blo
             with gr.Row():
                 seed = RawNumber(0, label="Seed", precision=0, minimum=0)
                 randomize = gr.Button("🎲 Random", size="sm", scale=0)
-            steps = RawSlider(1, min(settings.max_steps, 1000), value=20, step=1, label="Steps")
+            steps = RawSlider(1, min(settings.max_steps, 1000), value=20, step=1, label="Steps",
+                              elem_id="generate-steps")
             sampler = Choice(
                 [AUTO, *ALL_SAMPLERS], value=AUTO, label="Sampler",
                 info="auto = the model's default (DPM-Solver++ for DDPMs, Langevin for score models)",
@@ -143,20 +159,29 @@ def build_generate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.Blo
 
     def on_generate(model_ref, seed_value, steps_value, sampler_name, n, show, step_size_value,
                     progress=gr.Progress()):
-        def report(done: int, total: int) -> None:
-            progress((done, total), desc="denoising", unit="steps")
+        def work(channel: Channel) -> GenerateOutput:
+            def report(done: int, total: int) -> None:
+                progress((done, total), desc="denoising", unit="steps")  # stops an event whose client is gone
+                channel.check()  # stops work whose stream Gradio closed
 
-        out = run_generate(
-            cache, settings, model_ref, seed_value, steps_value, sampler_name, n, show, report, step_size_value
-        )
-        return (out.gallery, out.trajectory, out.status,
-                enlarged_items(out.gallery), enlarged_items(out.trajectory))
+            return run_generate(cache, settings, model_ref, seed_value, steps_value, sampler_name, n, show, report,
+                                step_size_value, on_preview=channel.send)
+
+        # The gallery forms while it is sampled: x̂₀ previews, then the samples and the trajectory.
+        for item in streamed(work):
+            if isinstance(item, Done):
+                out = item.value
+                yield (out.gallery, out.trajectory, out.status,
+                       enlarged_items(out.gallery), enlarged_items(out.trajectory))
+            else:
+                yield item.gallery, gr.skip(), item.status, enlarged_items(item.gallery), gr.skip()
 
     listen(
         button.click, on_gpu(on_generate),
         [model, seed, steps, sampler, num_images, show_trajectory, step_size],
         [gallery, trajectory, status, shown, shown_trajectory], what="generation", status=status,
         api_name="generate", concurrency_limit=settings.concurrency, concurrency_id="gpu",
+        show_progress_on=status,
     )
     randomize.click(lambda: random.randint(0, 2**31 - 1), None, seed, api_name="random_seed", queue=False)
     # On every page load too: models trained or copied in while the app runs are listed.

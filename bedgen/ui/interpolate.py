@@ -19,7 +19,7 @@ from ..sampling.interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, MET
 from ..sampling.pipeline import MAX_SEED
 from .cache import PipelineCache
 from .components import Choice, ImageUpload, Options, RawNumber, RawSlider, gallery_image, on_gpu
-from .display import display_gallery, display_image, enlarged, enlarged_items
+from .display import display_gallery, display_image, display_note, enlarged, enlarged_items
 from .errors import listen
 from .generate import model_choices
 from .settings import AppSettings
@@ -46,6 +46,33 @@ class InterpolateOutput:
     gif: str | None
     strip: Image.Image | None
     status: str
+    weights: list[float]
+
+
+@dataclass(frozen=True)
+class Frames:
+    """One visitor's last interpolation (kept in a ``gr.State``): what dragging λ flips through."""
+
+    weights: tuple[float, ...]
+    native: tuple[Image.Image, ...]
+    shown: tuple[Image.Image, ...]  # the display copies (bedgen.ui.display)
+
+
+def nearest_frame(frames: Frames | None, weight: Any) -> tuple[Any, Any, str]:
+    """(native frame, display copy, note) of the precomputed frame nearest λ = ``weight``.
+
+    What the λ slider shows while it is dragged: no model call, so it follows the pointer;
+    releasing the slider computes λ exactly (:func:`run_weight`).
+    """
+    w = _weight(weight)
+    if frames is None or not frames.weights:
+        return gr.skip(), gr.skip(), f"Interpolate first to flip through its frames; release computes λ = {w:.2f}"
+    i = _nearest(frames.weights, w)
+    if abs(frames.weights[i] - w) < 0.005:  # the same λ at the slider's two decimals
+        note = f"precomputed frame λ = {frames.weights[i]:.2f}"
+    else:
+        note = f"nearest precomputed frame λ = {frames.weights[i]:.2f}; release to compute λ = {w:.2f} exactly"
+    return frames.native[i], frames.shown[i], note
 
 
 def run_interpolate(
@@ -69,8 +96,9 @@ def run_interpolate(
     result = interpolate(pipe, image_a, image_b, t=t, frames=frames, method=method, steps=steps,
                          seed=seed, progress=progress)
     gallery = [(frame, f"λ = {w:.2f}") for frame, w in zip(result.frames, result.weights)]
-    nearest = min(range(len(result.weights)), key=lambda i: abs(result.weights[i] - _weight(weight)))
-    return InterpolateOutput(gallery, result.frames[nearest], _save_gif(result.frames), result.strip(), _status(result, model))
+    nearest = _nearest(result.weights, _weight(weight))
+    return InterpolateOutput(gallery, result.frames[nearest], _save_gif(result.frames), result.strip(),
+                             _status(result, model), list(result.weights))
 
 
 def run_weight(
@@ -83,7 +111,7 @@ def run_weight(
     pipe = _model(cache, model, image_a, image_b)
     result = interpolate(pipe, image_a, image_b, t=t, weights=[weight], method=method, steps=steps,
                          seed=seed, progress=progress)
-    return result.frames[0], _status(result, model)
+    return result.frames[0], _status(result, model, f" at λ = {result.weights[0]:.2f}")
 
 
 def _model(cache: PipelineCache, model: str, image_a: Any, image_b: Any):
@@ -101,10 +129,15 @@ def _weight(value: Any) -> float:
         return 0.5
 
 
-def _status(result: InterpolationResult, model: str) -> str:
+def _nearest(weights: "tuple[float, ...] | list[float]", weight: float) -> int:
+    """The index of the weight nearest ``weight`` (the first of two as near)."""
+    return min(range(len(weights)), key=lambda k: abs(weights[k] - weight))
+
+
+def _status(result: InterpolationResult, model: str, where: str = "") -> str:
     return (
         f"**{model}** · {result.method}, t = {result.t:g} (step {result.timestep}), {result.steps} DDIM steps · "
-        f"{len(result.frames)} frame(s) · {result.placement} · {result.seconds:.1f} s"
+        f"{len(result.frames)} frame(s){where} · {result.placement} · {result.seconds:.1f} s"
     )
 
 
@@ -140,6 +173,7 @@ def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.
         with gr.Column():
             shown_middle = display_image(label="λ between A and B", elem_id="interp-middle", height=256, format="png")
             weight = RawSlider(0, 1, value=0.5, step=0.05, label="λ (0 = A, 1 = B)", elem_id="interp-weight")
+            weight_note = display_note(elem_id="interp-weight-note")
         with gr.Column():
             image_b = ImageUpload(type="filepath", label="Image B", elem_id="interp-b", height=256)
             use_b = gr.Button("Use last generated image", size="sm")
@@ -152,6 +186,7 @@ def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.
         seed = RawNumber(0, label="Seed", precision=0, minimum=0)
     button = gr.Button("Interpolate", variant="primary", elem_id="interp-button")
     status = gr.Markdown(elem_id="interp-status")
+    computed = gr.State(None)  # this visitor's last frames (Frames); never shared between visitors
     shown_frames = display_gallery(label="Frames", columns=8, elem_id="interp-frames")
     with gr.Row():
         shown_gif = display_image(label="Animation", type="filepath", format="gif", elem_id="interp-gif")
@@ -170,27 +205,37 @@ def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.
         out = run_interpolate(cache, model_ref, a, b, t_value, n, method_name, steps_value, seed_value, w, report)
         large = enlarged_items(out.frames)
         shown_gif = out.gif if large[0][0] is out.frames[0][0] else _save_gif([frame for frame, _ in large])
-        return (out.frames, out.middle, out.gif, out.strip, out.status,
-                large, enlarged(out.middle), shown_gif, enlarged(out.strip))
+        kept = Frames(tuple(out.weights), tuple(f for f, _ in out.frames), tuple(f for f, _ in large))
+        middle_frame, shown_middle_frame, note = nearest_frame(kept, w)
+        return (out.frames, middle_frame, out.gif, out.strip, out.status,
+                large, shown_middle_frame, shown_gif, enlarged(out.strip), kept, note)
 
     def on_weight(model_ref, a, b, t_value, w, method_name, steps_value, seed_value, progress=gr.Progress()):
         def report(done: int, total: int) -> None:
             progress((done, total), desc="denoising", unit="steps")
 
         frame, text = run_weight(cache, model_ref, a, b, t_value, w, method_name, steps_value, seed_value, report)
-        return frame, text, enlarged(frame)
+        return frame, text, enlarged(frame), f"λ = {_weight(w):.2f}, computed exactly"
 
     listen(
         button.click, on_gpu(on_run),
         [model, image_a, image_b, t, frames, method, steps, seed, weight],
-        [gallery, middle, gif, strip, status, shown_frames, shown_middle, shown_gif, shown_strip],
+        [gallery, middle, gif, strip, status, shown_frames, shown_middle, shown_gif, shown_strip, computed,
+         weight_note],
         what="interpolation", status=status,
         api_name="interpolate", concurrency_limit=settings.concurrency, concurrency_id="gpu",
+    )
+    # Dragging λ flips through the computed frames (no model call: instant, never waits for the GPU);
+    # releasing it computes that λ exactly.
+    listen(
+        weight.input, nearest_frame, [computed, weight], [middle, shown_middle, weight_note],
+        what="showing a frame", status=status, api_visibility="private", concurrency_limit=None,
+        show_progress="hidden", trigger_mode="always_last",
     )
     listen(
         weight.release, on_gpu(on_weight),
         [model, image_a, image_b, t, weight, method, steps, seed],
-        [middle, status, shown_middle], what="interpolation", status=status,
+        [middle, status, shown_middle, weight_note], what="interpolation", status=status,
         api_name="interpolate_weight", concurrency_limit=settings.concurrency, concurrency_id="gpu",
     )
     listen(use_a.click, gallery_image, [generated, selected], image_a, what="taking the generated image",
