@@ -7,8 +7,8 @@ requests on OpenVINO's CPU plugin instead, with outputs equal to eager's up to f
 rounding. It is not the default because it did not win clearly where measured
 (``bench/unet_backends.py``, bench/RESULTS.md): on a quiet 2-core AVX2 EPYC it was 1.32x
 faster than fp32 eager (3.16 s against 4.16 s per ddpm-mid evaluation at 256 px), but on the
-same kind of machine shared with other jobs it was 0.65–1.06x, and its first use of a model
-converts the network for minutes. When OpenVINO is asked for but missing, cannot convert the
+same kind of machine shared with other jobs it ranged from 0.65x to 1.36x, and its first use
+of a model converts the network for minutes. When OpenVINO is asked for but missing, cannot convert the
 network or fails, the call runs on PyTorch eager and the reason is logged once per model.
 
 The converted network is cached on disk, in ``BEDGEN_COMPILED_CACHE`` (default
