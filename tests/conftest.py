@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 # One compute thread per process, for this process and every app, CLI and training process
@@ -21,6 +22,9 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 # local server when they exercise downloads.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Networks converted for OpenVINO (BEDGEN_BACKEND=openvino, tests/test_backends.py) never
+# land in the user's cache.
+os.environ.setdefault("BEDGEN_COMPILED_CACHE", tempfile.mkdtemp(prefix="bedgen-compiled-"))
 
 from bedgen.storage.checkpoint import save_checkpoint  # noqa: E402
 from bedgen.config.overrides import override  # noqa: E402

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +30,7 @@ from ..models import autoencoders
 from ..storage.checkpoint import is_autoencoder_checkpoint, latest_in_run, load_autoencoder_checkpoint
 from ..core.files import recover_interrupted_save
 from ..core.hub import resolve_ref
+from .backends import check_backend
 from .denoiser import Denoiser
 from .placement import SharedPlacement
 from .schedulers import (
@@ -153,10 +154,11 @@ class Pipeline:
         dtype: str = "auto",
         progress: ProgressFn | None = None,
         step_size: float | None = None,
+        backend: str | None = None,
     ) -> list[Image.Image]:
         """``n`` images from seeds ``seed .. seed+n-1``."""
         return self.sample(n, seed, steps, scheduler, batch_size, device, dtype, progress,
-                           step_size=step_size).images
+                           step_size=step_size, backend=backend).images
 
     def sample(
         self,
@@ -171,19 +173,21 @@ class Pipeline:
         trajectory_every: int = 0,
         step_size: float | None = None,
         on_preview: PreviewFn | None = None,
+        backend: str | None = None,
     ) -> SampleResult:
         """Like :meth:`generate`, with timing and (optionally) the denoising trajectory.
 
         ``step_size`` is for score models only: Langevin's ε, or the corrector's
         signal-to-noise ratio for ``pc`` (default: the model's config). ``on_preview`` is
         called with each trajectory frame as it is made (so only when ``trajectory_every`` > 0).
+        ``backend``: auto|eager|openvino (default ``BEDGEN_BACKEND``, else auto; see ``backends.py``).
         """
         n = whole_number("number of images", n, 1, MAX_IMAGES)
         seed = whole_number("seed", seed, 0, MAX_SEED - n)
         sampler = scheduler or self.default_sampler
         steps = check_steps(self.default_steps if steps is None else steps, self.training_scheduler)
         evals_per_batch = self._evals(sampler, steps)  # also rejects an unknown sampler name
-        placement = resolve(device, dtype)
+        placement = replace(resolve(device, dtype), backend=check_backend(backend))
         if batch_size is None:
             batch_size = 32 if placement.device.type == "cuda" else 8
         batch_size = whole_number("batch size", batch_size, 1, 4096)
