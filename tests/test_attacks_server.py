@@ -53,8 +53,8 @@ def call(client: httpx.Client, base: str, api: str, data: list) -> tuple[str, ob
     return result(client, f"{base}gradio_api/call/{api}/{response.json()['event_id']}")
 
 
-def generate_args(model: str, seed: object = 0, steps: int = 2, images: int = 1) -> list:
-    return [model, seed, steps, "auto", images, False, 0]
+def generate_args(model: str, seed: object = 0, steps: int = 2, images: int = 1, sampler: str = "auto") -> list:
+    return [model, seed, steps, sampler, images, False, 0]
 
 
 # --- a public app: abandoned work, public host names, seeds -------------------------------------
@@ -65,9 +65,9 @@ def public_app(tmp_path_factory):
     root = tmp_path_factory.mktemp("attacks-public")
     models = root / "checkpoints"
     make_tiny_checkpoint(models / "tiny")
-    # 1000 training steps so a request may ask for 1000 denoising steps; 32 px x 8 images
-    # makes each step cost enough that 1000 of them are minutes of work for the server.
-    make_tiny_checkpoint(models / "slow", resolution=32, **{"diffusion.num_train_timesteps": 1000})
+    # 1000 training steps so a request may ask for 1000 denoising steps; 64 px x 8 images
+    # makes each step cost enough that 1000 of them outlast the 20 s below even on a quiet machine.
+    make_tiny_checkpoint(models / "slow", resolution=64, **{"diffusion.num_train_timesteps": 1000})
     # Unread requests are cancelled after 20 s: far longer than the few sequential POSTs the
     # test sends take even on a loaded machine, so the cap is what refuses them, not the clock.
     app = AppProcess(
@@ -88,7 +88,7 @@ def test_abandoned_requests_are_capped_per_visitor_and_cancelled(public_app):
     slow = str(models / "slow")
     attacker, other = visitor("127.0.0.2"), visitor("127.0.0.3")
     # Five fire-and-forget requests of 1000 steps x 8 images whose results are never read.
-    posts = [attacker.post(f"{app.url}gradio_api/call/generate", json={"data": generate_args(slow, i, 1000, 8)})
+    posts = [attacker.post(f"{app.url}gradio_api/call/generate", json={"data": generate_args(slow, i, 1000, 8, "ddpm")})
              for i in range(5)]
     assert [p.status_code for p in posts] == [200, 200, 429, 429, 429], [p.text for p in posts]
     for refused in posts[2:]:

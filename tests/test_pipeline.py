@@ -174,3 +174,15 @@ def test_two_concurrent_requests_on_one_cached_model_keep_their_own_settings(tmp
     assert not errors, errors
     assert [im.tobytes() for im in results["a"]] == [im.tobytes() for im in alone_a]
     assert [im.tobytes() for im in results["b"]] == [im.tobytes() for im in alone_b]
+
+
+def test_a_solver_whose_timesteps_would_collapse_is_refused_before_it_runs(tmp_path):
+    """DPM-Solver++ with "leading" spacing spaces its timesteps by T // (steps + 1): at
+    steps = T they all become 0 and it ran off its σ table at the last step (IndexError)."""
+    from conftest import make_tiny_checkpoint
+
+    pipe = bedgen.load(str(make_tiny_checkpoint(tmp_path / "m", resolution=8, **{"diffusion.num_train_timesteps": 50})))
+    with pytest.raises(BedgenError, match="dpmsolver\\+\\+ cannot take 50 steps on this model's 50-step schedule"):
+        pipe.sample(1, 0, 50, "dpmsolver++", device="cpu", dtype="fp32")
+    assert len(pipe.sample(1, 0, 49, "dpmsolver++", device="cpu", dtype="fp32").images) == 1
+    assert len(pipe.sample(1, 0, 50, "ddpm", device="cpu", dtype="fp32").images) == 1

@@ -34,7 +34,7 @@ from .backends import check_backend
 from .denoiser import Denoiser
 from .placement import SharedPlacement
 from .schedulers import (
-    check_steps, default_sampler, langevin_evals, make_scheduler, pc_evals, samplers_for,
+    check_distinct_timesteps, check_steps, default_sampler, langevin_evals, make_scheduler, pc_evals, samplers_for,
     sampling_ladder,
 )
 from ..maths import score as sm
@@ -262,6 +262,7 @@ class Pipeline:
                 return langevin_evals(steps, s.langevin_steps, s.final_step == "denoise")
             return pc_evals(steps, s.corrector_steps)
         scheduler.set_timesteps(steps)
+        check_distinct_timesteps(sampler, scheduler, steps)
         return len(scheduler.timesteps)
 
     @torch.inference_mode()

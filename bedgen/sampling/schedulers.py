@@ -121,6 +121,20 @@ def check_steps(steps: Any, training_scheduler: SchedulerMixin) -> int:
     return whole_number("steps", steps, 1, max_steps(training_scheduler), why="(the model's training steps)")
 
 
+def check_distinct_timesteps(name: str, scheduler: SchedulerMixin, steps: int) -> None:
+    """Refuse a step count the sampler cannot place on the training grid.
+
+    With "leading" spacing, DPM-Solver++ and UniPC space their timesteps by
+    T // (steps + 1), which is 0 when steps = T: every timestep becomes 0 and the
+    solver runs off the end of its σ table half-way through a long request.
+    """
+    distinct = len(set(scheduler.timesteps.tolist()))
+    if distinct < steps:
+        total = int(scheduler.config.num_train_timesteps)
+        raise BedgenError(f"{name} cannot take {steps} steps on this model's {total}-step schedule "
+                          f"(its timesteps would repeat); use at most {total - 1}, or ddpm/ddim")
+
+
 # --- score models (SMLD / NCSN): a σ ladder instead of a diffusers sampler -------------------
 
 
