@@ -117,7 +117,7 @@ def test_running_work_stops_when_its_client_disconnects(public_app):
     slow = str(models / "slow")
     with visitor("127.0.0.7") as client:
         event = client.post(f"{app.url}gradio_api/call/generate",
-                            json={"data": generate_args(slow, 0, 1000, 8)}).json()["event_id"]
+                            json={"data": generate_args(slow, 0, 1000, 8, "ddpm")}).json()["event_id"]
         with client.stream("GET", f"{app.url}gradio_api/call/generate/{event}") as response:
             assert response.status_code == 200
         # the connection is closed here, long before 1000 steps x 8 images are done
