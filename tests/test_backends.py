@@ -22,7 +22,9 @@ from bedgen.sampling.pipeline import Pipeline
 from bedgen.storage.checkpoint import CheckpointInfo
 from conftest import tiny_config
 
-pytest.importorskip("openvino")
+# openvino is optional and not in requirements-dev.txt: loaded into the suite's process it made a
+# later test segfault once in a clean-clone run (its threads and fork), so CI skips this file.
+pytest.importorskip("openvino", reason="openvino is not installed (optional engine: pip install openvino)")
 
 CPU = resolve("cpu", "fp32")
 OPENVINO, EAGER = replace(CPU, backend="openvino"), replace(CPU, backend="eager")
