@@ -47,16 +47,20 @@ def tiny_config(**changes) -> BedgenConfig:
     return override(preset("tiny"), base)
 
 
-def make_tiny_checkpoint(path: Path, seed: int = 0, **changes) -> Path:
-    config = tiny_config(**changes)
+def perturbed_unet(config, seed: int = 0):
+    """``config``'s UNet from ``seed``, every weight perturbed: random init leaves the last conv
+    at zero in some layouts, so different seeds give visibly different networks and non-trivial images."""
     torch.manual_seed(seed)
     unet = build_unet(config)
-    # Random init leaves the last conv at zero in some layouts; perturb every weight
-    # so different seeds give visibly different networks and non-trivial images.
     with torch.no_grad():
         for p in unet.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    return save_checkpoint(path, unet, build_training_scheduler(config), config)
+    return unet
+
+
+def make_tiny_checkpoint(path: Path, seed: int = 0, **changes) -> Path:
+    config = tiny_config(**changes)
+    return save_checkpoint(path, perturbed_unet(config, seed), build_training_scheduler(config), config)
 
 
 def make_tiny_score_checkpoint(path: Path, seed: int = 0) -> Path:

@@ -30,7 +30,7 @@ from bedgen.core.device import cpu_has_bf16
 from bedgen.sampling.interpolate import interpolate
 from bedgen.storage.checkpoint import save_checkpoint
 from bedgen.models.unet import build_unet
-from conftest import make_tiny_checkpoint, tiny_config
+from conftest import make_tiny_checkpoint, perturbed_unet, tiny_config
 from synthetic import write_rooms
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "sampling.json"
@@ -140,12 +140,7 @@ def _score_checkpoint(path: Path, seed: int) -> Path:
     config = tiny_config(**{"resolution": SIZE, "family": "smld", "preset": "smld-tiny", "score.sigma_max": 0.5,
                             "score.num_levels": 20, "score.langevin_steps": 2, "score.corrector_steps": 1,
                             "sampling.scheduler": "langevin", "sampling.steps": 5})
-    torch.manual_seed(seed)
-    unet = build_unet(config)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return save_checkpoint(path, unet, build_score_scheduler(config), config)
+    return save_checkpoint(path, perturbed_unet(config, seed), build_score_scheduler(config), config)
 
 
 def _consistency_checkpoint(folder: Path, seed: int) -> Path:
