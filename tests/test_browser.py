@@ -127,22 +127,31 @@ def test_dragging_lambda_shows_a_computed_frame_and_releasing_computes_it(page, 
     assert page.locator("#interp-middle img").get_attribute("src") != frame
 
 
-def test_generate_shows_x0_previews_while_sampling(page, app_server):
+@pytest.fixture(scope="module")
+def slow_model(app_server):
+    """A 64 px model whose 200 steps take seconds on a CPU: its eight previews are each on screen ~0.4 s."""
+    from conftest import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(app_server.log.parent / "checkpoints" / "slow-64px", resolution=64,
+                                **{"diffusion.num_train_timesteps": 1000})
+
+
+def test_generate_shows_x0_previews_while_sampling(page, slow_model):
     page.get_by_role("tab", name="Generate").click()
-    _option(page, "generate-model", "tiny  (local)").click()  # an earlier test leaves a bad name
-    # Every text the status area shows, recorded in the page as it changes.
-    page.evaluate("""() => { const status = document.querySelector('#generate-status'); window.generateTexts = [];
-        new MutationObserver(() => window.generateTexts.push(status.innerText))
-            .observe(status, {subtree: true, childList: true, characterData: true}); }""")
+    page.click("#generate-refresh")
+    _option(page, "generate-model", slow_model.name).click()
     steps = page.locator("#generate-steps input[type=number]")
-    steps.fill("40")
+    steps.fill("200")
     steps.press("Enter")
     page.click("#generate-button")
-    page.locator("#generate-status").get_by_text("40 steps").wait_for(timeout=60_000)
-    texts = page.evaluate("window.generateTexts")
-    previews = [t for t in texts if "predicted clean images x̂₀" in t]
-    assert previews and texts.index(previews[0]) < len(texts) - 1, texts
+    # A preview is a gallery image shown while the status still says the samples are forming.
+    status = page.locator("#generate-status")
+    status.get_by_text("predicted clean images x̂₀").wait_for(timeout=60_000)
     _loaded_images(page, "#generate-gallery img", 1)
+    status.get_by_text("200 steps").wait_for(timeout=120_000)
+    _loaded_images(page, "#generate-gallery img", 1)
+    steps.fill("20")
+    steps.press("Enter")
 
 
 def test_neighbours_tab_query_shows_k_neighbours(page, app_server, tmp_path):
@@ -184,6 +193,14 @@ def test_train_tab_fine_tune_mode_switches_fields_and_explains_errors(page):
     page.locator("#train-start").wait_for(state="visible", timeout=30_000)
 
 
+def _all_loaded_at_least(page, selector, width):
+    page.wait_for_function(
+        """([selector, width]) => { const images = [...document.querySelectorAll(selector)];
+            return images.length > 0 && images.every(i => i.complete && i.naturalWidth >= width); }""",
+        arg=[selector, width], timeout=60_000,
+    )
+
+
 def _natural_widths(page, selector):
     return page.locator(selector).evaluate_all("images => images.map(i => i.naturalWidth)")
 
@@ -222,8 +239,8 @@ def test_a_32_px_sample_is_shown_large_and_downloaded_at_32_px(page, later_model
     page.click("#generate-button")
     page.wait_for_function("name => document.querySelector('#generate-status').innerText.includes(name)",
                            arg=f"from {later_model}", timeout=60_000)
-    _loaded_images(page, "#generate-gallery img", 1)
-    assert min(_natural_widths(page, "#generate-gallery img")) >= 256
+    # Every image the gallery shows, once loaded, is the enlarged copy (the final yield replaces the previews).
+    _all_loaded_at_least(page, "#generate-gallery img", 256)
     page.get_by_text("Samples at the model's own size (downloads)").click()
     _loaded_images(page, "#generate-native img", 1)
     assert set(_natural_widths(page, "#generate-native img")) == {32}
