@@ -248,6 +248,10 @@ def train_config_from_args(args: argparse.Namespace):
         base = _resumed_config(args.out)
     elif getattr(args, "config", None) is not None:
         base = _config_file(args.config)
+    elif getattr(args, "command", None) == "distill":
+        from ..training.distill import distill_config
+
+        base = distill_config(args.teacher)
     else:
         base = preset(args.preset)
     config = override(base, changes)
@@ -298,6 +302,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 3
     print(f"checkpoint: {checkpoint}\nsample it with: bedgen sample --model {args.out} --out samples/")
     return 0
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    from ..config.schema import DataConfig, TrainConfig
+    from ..training.distill import DEFAULT_LR, DEFAULT_STEPS
+
+    p = sub.add_parser(
+        "distill", help="distil a diffusion model into a 1-4-step consistency model",
+        description="Consistency distillation (Song et al. 2023): trains a student that samples in 1-4 steps from a "
+                    "ddpm, iddpm or ldm teacher (a run, a checkpoint or a Hub DDPM) with the one trainer. The student "
+                    "starts from the teacher's weights and is a diffusers ConsistencyModelPipeline; sample it with "
+                    "bedgen sample --model OUT --steps 1 (or 2, 4).",
+    )
+    p.add_argument("--teacher", help="the diffusion model to distil (run folder, checkpoint or Hub id)")
+    p.add_argument("--data", help="the teacher's training images (or any images of the same kind)")
+    p.add_argument("--out", required=True, type=Path, help="run folder; also a model REF for 'bedgen sample'")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any config field, e.g. --set distill.num_scales=40 --set distill.solver=euler")
+    p.epilog = f"defaults: {DEFAULT_STEPS} steps at a constant learning rate of {DEFAULT_LR:g}; the rest from the teacher"
+    _add_dataclass_flags(p.add_argument_group("training"), TrainConfig, None, "train.")
+    _add_dataclass_flags(p.add_argument_group("data"), DataConfig, DATA_FLAGS, "data.")
+    p.set_defaults(func=cmd_train, resolution=None, config=None, preset=None)
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -723,7 +750,7 @@ def _sweep_report(out: Path, interrupted: bool) -> int:
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_sample, _add_reconstruct, _add_interpolate, _add_models, _add_train, _add_finetune, _add_prepare, _add_index, _add_neighbours, _add_ref_stats, _add_eval,
+    _add_sample, _add_reconstruct, _add_interpolate, _add_models, _add_train, _add_distill, _add_finetune, _add_prepare, _add_index, _add_neighbours, _add_ref_stats, _add_eval,
     _add_sweep, *SHARE_SUBCOMMANDS,
 )
 

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..core.checks import real_number
+from ..core.checks import real_number, whole_number
 from ..core.errors import BedgenError
 
 Square = Literal["crop", "pad-white"]
@@ -264,6 +264,31 @@ class FinetuneConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Consistency distillation of a diffusion teacher (``family = "consistency"``,
+    ``bedgen.families.consistency``): Song et al. 2023, Alg. 2, in the parameterisation of their App. C."""
+
+    teacher: str | None = None  # REF of the ddpm / iddpm / ldm teacher (local folder or Hub id)
+    # N, the points of the Karras σ grid the teacher's ODE is cut into (the paper: 18 for
+    # CIFAR-10, 40 for ImageNet 64 and LSUN 256).
+    num_scales: int = 18
+    sigma_min: float = 0.002
+    sigma_max: float | None = None  # None = the teacher's largest σ, at most 80 (EDM's σ_max)
+    sigma_data: float = 0.5
+    rho: float = 7.0
+    solver: Literal["heun", "euler"] = "heun"  # the teacher's ODE step; Heun costs two teacher calls
+    loss: Literal["pseudo-huber", "l2"] = "pseudo-huber"
+
+    def validate(self) -> None:
+        whole_number("distill.num_scales", self.num_scales, 2, 100_000)  # the σ grid needs two ends
+        real_number("distill.sigma_min", self.sigma_min, 1e-6)
+        real_number("distill.sigma_data", self.sigma_data, 1e-6)
+        real_number("distill.rho", self.rho, 1e-3)
+        if self.sigma_max is not None:
+            real_number("distill.sigma_max", self.sigma_max, self.sigma_min, low_open=True)
+
+
+@dataclass
 class SamplingConfig:
     """Defaults for ``Pipeline.generate`` and the app's Generate tab."""
 
@@ -312,6 +337,7 @@ class BedgenConfig:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -332,6 +358,7 @@ class BedgenConfig:
     def validate(self) -> None:
         self.train.validate()
         self.finetune.validate()
+        self.distill.validate()
         if self.family == "vae":
             self._validate_autoencoder()
             return

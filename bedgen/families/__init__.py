@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from ..config.schema import BedgenConfig
 from ..core.errors import BedgenError
+from .consistency import ConsistencyDistillationFamily
 from .ddpm import DiffusionFamily
 from .ldm import LatentDiffusionFamily
 from .smld import ScoreFamily
 from .vae import AutoencoderFamily
 
-Family = DiffusionFamily | ScoreFamily | AutoencoderFamily
+Family = DiffusionFamily | ScoreFamily | AutoencoderFamily | ConsistencyDistillationFamily
 FAMILIES: dict[str, type[Family]] = {
     "ddpm": DiffusionFamily, "iddpm": DiffusionFamily, "ldm": LatentDiffusionFamily, "smld": ScoreFamily,
-    "vae": AutoencoderFamily,
+    "vae": AutoencoderFamily, "consistency": ConsistencyDistillationFamily,
 }
 
 
@@ -29,6 +30,6 @@ def get_family(config: BedgenConfig) -> Family:
 
 
 __all__ = [
-    "AutoencoderFamily", "DiffusionFamily", "FAMILIES", "Family", "LatentDiffusionFamily", "ScoreFamily",
+    "AutoencoderFamily", "ConsistencyDistillationFamily", "DiffusionFamily", "FAMILIES", "Family", "LatentDiffusionFamily", "ScoreFamily",
     "get_family",
 ]

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from diffusers import DDPMPipeline, LDMPipeline, ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
+from diffusers import (
+    CMStochasticIterativeScheduler, ConsistencyModelPipeline, DDPMPipeline, LDMPipeline, ScoreSdeVePipeline,
+    ScoreSdeVeScheduler, UNet2DModel,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..core.version import __version__
@@ -126,6 +129,8 @@ def pipeline_class(training_scheduler: SchedulerMixin) -> type:
     """The diffusers pipeline that samples this kind of model (named in model_index.json)."""
     if isinstance(training_scheduler, ScoreSdeVeScheduler):
         return ScoreSdeVePipeline
+    if isinstance(training_scheduler, CMStochasticIterativeScheduler):
+        return ConsistencyModelPipeline
     return DDPMPipeline
 
 
