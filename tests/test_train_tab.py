@@ -146,3 +146,34 @@ def test_bad_finetune_requests_are_refused(train_app, model, instances, weight, 
     with pytest.raises(Exception, match=message):
         client.predict(model, str(root / instances), weight, 4, 3, 2, 1e-4, "ft-bad", api_name="/finetune_start")
     assert not (root / "checkpoints" / "ft-bad").exists()
+
+
+def test_distill_mode_trains_a_student_that_generates_in_two_steps(train_app):
+    app, root = train_app
+    client = Client(app.url, verbose=False)
+    _wait_for(client, lambda s: "stopped" in s[0] or "finished" in s[0] or "No run" in s[0])  # one run at a time
+    text = client.predict("ft-source", str(root / "data" / "my-style"), 4, 2, 2e-5, "student-run",
+                          api_name="/distill_start")
+    assert "distilling" in text
+    status = _wait_for(client, lambda s: "finished" in s[0] and "student-run" in s[0])
+    run = root / "checkpoints" / "student-run"
+    assert str(run) in str(status[3])  # listed for the Generate tab
+    gallery, _, text = client.predict(str(run), 0, 2, "consistency", 1, False, api_name="/generate")
+    assert len(gallery) == 1 and "consistency, 2 steps" in text
+
+
+@pytest.mark.parametrize(
+    "teacher, data, message",
+    [
+        ("../data", "data/my-style", "inside the checkpoints folder"),
+        ("/etc", "data/my-style", "inside the checkpoints folder"),
+        ("ft-source", "outside", "inside the data roots"),
+        ("", "data/my-style", "give the teacher to distil"),
+    ],
+)
+def test_bad_distill_requests_are_refused(train_app, teacher, data, message):
+    app, root = train_app
+    client = Client(app.url, verbose=False)
+    with pytest.raises(Exception, match=message):
+        client.predict(teacher, str(root / data), 4, 2, 2e-5, "student-bad", api_name="/distill_start")
+    assert not (root / "checkpoints" / "student-bad").exists()

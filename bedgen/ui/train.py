@@ -28,6 +28,7 @@ from ..core.checks import real_number, whole_number
 from ..core.errors import BedgenError
 from ..core.hub import parse_hub_ref
 from ..storage.run_folder import RunFolder
+from ..training.distill import DEFAULT_LR as DISTILL_LR, DEFAULT_STEPS as DISTILL_STEPS
 from .components import Choice, Options, RawNumber, RawSlider
 from .errors import listen
 from .security import inside, local_folder
@@ -89,6 +90,29 @@ class FinetuneJob:
         return command
 
 
+@dataclass
+class DistillJob:
+    """The Train tab's distil mode: ``bedgen distill``, a 1-4-step consistency student of a teacher."""
+
+    teacher: str
+    data: str
+    max_steps: int
+    batch_size: int
+    lr: float
+    run_name: str
+
+    def command(self, run_dir: Path, settings: AppSettings) -> list[str]:
+        every = str(max(1, min(500, self.max_steps // 4)))
+        return [
+            "distill", "--teacher", self.teacher, "--data", self.data, "--out", str(run_dir),
+            "--max-steps", str(self.max_steps), "--batch-size", str(self.batch_size), "--lr", repr(self.lr),
+            "--checkpoint-every", every, "--preview-every", every,
+        ]
+
+
+Job = TrainRequest | FinetuneJob | DistillJob
+
+
 class TrainingJobs:
     """At most one training subprocess per app."""
 
@@ -101,7 +125,7 @@ class TrainingJobs:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, request: TrainRequest | FinetuneJob) -> Path:
+    def start(self, request: Job) -> Path:
         with self._lock:
             run_dir = self.settings.checkpoints / request.run_name
             if run_dir.exists():
@@ -188,6 +212,17 @@ def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any
         prior_weight=weight,
         num_class_images=whole_number("class images", num_class_images, 0, 10_000),
         **shared,
+    )
+
+
+def check_distill_request(settings: AppSettings, teacher: Any, data: Any, max_steps: Any, batch_size: Any,
+                          lr: Any, run_name: Any) -> DistillJob:
+    """Validate the distil form: the teacher under the checkpoints folder (or a Hub id), the images
+    under the data roots."""
+    return DistillJob(
+        teacher=_check_model_ref(settings, teacher, "the teacher to distil"),
+        data=_check_data_source(settings, data),
+        **_shared_fields(run_name, lr, max_steps, batch_size),
     )
 
 
@@ -328,13 +363,15 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
     roots = ", ".join(f"`{r}`" for r in settings.data_roots) or "none"
     gr.Markdown(
         f"Train a model on a folder of images (under {roots}), an LSUN LMDB, a folder made by "
-        "`bedgen prepare`, or a Hugging Face dataset id — or fine-tune a trained model on a few instance "
-        "images while samples of the original model keep its diversity. Checkpoints appear in the Generate tab."
+        "`bedgen prepare`, or a Hugging Face dataset id — fine-tune a trained model on a few instance "
+        "images while samples of the original model keep its diversity — or distil a diffusion model into a "
+        "student that samples in 1-4 steps. Checkpoints appear in the Generate tab."
     )
     with gr.Row():
         with gr.Column(scale=1):
-            mode = Options([("Train from a preset", "train"), ("Fine-tune a model", "finetune")], value="train",
-                            label="Mode", elem_id="train-mode")
+            mode = Options([("Train from a preset", "train"), ("Fine-tune a model", "finetune"),
+                            ("Distil a model into a 1-4-step student", "distill")], value="train",
+                           label="Mode", elem_id="train-mode")
             run_name = gr.Textbox("my-run", label="Run name (folder under the checkpoints folder)")
             with gr.Group(visible=True) as train_fields:
                 data = gr.Textbox(label="Data source", placeholder="data/bedrooms or org/dataset")
@@ -352,6 +389,13 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
                                        placeholder="data/my-bedroom-style")
                 prior_weight = RawNumber(1.0, label="Prior-preservation weight λ (0 = off)")
                 class_images = RawNumber(100, label="Class images sampled from the model", precision=0)
+            with gr.Group(visible=False) as distill_fields:
+                teacher = Choice(_local_refs(settings), value=None, allow_custom_value=True, elem_id="distill-teacher",
+                                 label="Teacher: a ddpm, iddpm or ldm model (under the checkpoints folder, or a Hub id)")
+                distill_data = gr.Textbox(label="Images (the teacher's training data, a folder under the data roots)",
+                                          placeholder="data/bedrooms", elem_id="distill-data")
+                gr.Markdown("Consistency distillation: the student samples in 1-4 steps (Generate: sampler "
+                            "*consistency*, steps 1-4). Quality per step count: bench/RESULTS.md.")
             max_steps = RawNumber(2500, label="Steps", precision=0)
             batch_size = RawSlider(1, 256, value=32, step=1, label="Batch size")
             lr = RawNumber(1e-3, label="Learning rate")
@@ -359,6 +403,8 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 start_finetune = gr.Button("Start fine-tuning", variant="primary", elem_id="finetune-start",
                                            visible=False)
+                start_distill = gr.Button("Start distillation", variant="primary", elem_id="distill-start",
+                                          visible=False)
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
             message = gr.Markdown(elem_id="train-message")  # why a start or stop was refused
         with gr.Column(scale=2):
@@ -368,16 +414,24 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
             preview = gr.Image(label="Latest preview (EMA weights, fixed seeds)", type="filepath", height=320)
             push_section = build_push_section(settings, jobs.finished_run, model_dropdown)
 
-    def on_mode(chosen: str):
-        tuning = chosen == "finetune"
-        # fine-tuning defaults: few steps, small batches, a gentle rate
-        steps, batch, rate = (400, 4, 1e-4) if tuning else (2500, 32, 1e-3)
-        return (gr.Group(visible=not tuning), gr.Group(visible=tuning), gr.Button(visible=not tuning),
-                gr.Button(visible=tuning), steps, batch, rate,
-                gr.Dropdown(choices=_local_refs(settings)))
+    # Each mode: its fields, its start button and its defaults (steps, batch size, learning rate):
+    # fine-tuning takes few steps, small batches and a gentle rate; distillation the rate of
+    # bedgen.training.distill (consistency training wants a small one, Song et al. 2023, App. C).
+    modes = {
+        "train": (train_fields, start, (2500, 32, 1e-3)),
+        "finetune": (finetune_fields, start_finetune, (400, 4, 1e-4)),
+        "distill": (distill_fields, start_distill, (DISTILL_STEPS, 16, DISTILL_LR)),
+    }
 
-    mode.change(on_mode, mode, [train_fields, finetune_fields, start, start_finetune, max_steps, batch_size, lr,
-                                source], api_visibility="private")
+    def on_mode(chosen: str):
+        steps, batch, rate = modes.get(chosen, modes["train"])[2]
+        groups = [gr.Group(visible=name == chosen) for name in modes]
+        buttons = [gr.Button(visible=name == chosen) for name in modes]
+        refs = gr.Dropdown(choices=_local_refs(settings))
+        return (*groups, *buttons, steps, batch, rate, refs, refs)
+
+    mode.change(on_mode, mode, [*(m[0] for m in modes.values()), *(m[1] for m in modes.values()), max_steps,
+                                batch_size, lr, source, teacher], api_visibility="private")
 
     def on_start(*values):
         run_dir = jobs.start(check_request(settings, *values))
@@ -386,6 +440,10 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
     def on_start_finetune(*values):
         run_dir = jobs.start(check_finetune_request(settings, *values))
         return f"**{run_dir.name}**: sampling class images, then fine-tuning…"
+
+    def on_start_distill(*values):
+        run_dir = jobs.start(check_distill_request(settings, *values))
+        return f"**{run_dir.name}**: loading the teacher, then distilling…"
 
     def on_status():
         text, losses, image = read_status(jobs)
@@ -401,6 +459,8 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
     listen(start_finetune.click, on_start_finetune,
            [source, instances, prior_weight, class_images, max_steps, batch_size, lr, run_name], status,
            api_name="finetune_start", **kept)
+    listen(start_distill.click, on_start_distill, [teacher, distill_data, max_steps, batch_size, lr, run_name],
+           status, api_name="distill_start", **kept)
     listen(stop.click, lambda: jobs.stop(), None, status, api_name="train_stop", **kept)
     watched = [status, curve, preview, model_dropdown, push_section]
     poll = gr.Button("Refresh status", size="sm", elem_id="train-refresh")
