@@ -188,3 +188,69 @@ def test_bad_distillation_settings_are_refused_before_training(teacher, rooms):
         _config(teacher, rooms, 1, **{"distill.num_scales": 1}).validate()
     with pytest.raises(BedgenError, match="distill.sigma_max"):
         _config(teacher, rooms, 1, **{"distill.sigma_max": 0.001}).validate()
+
+
+def _uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+
+
+def test_a_student_denoises_the_teachers_interpolation_in_one_evaluation(student, teacher, rooms):
+    """The same noised, mixed state the teacher would denoise with DDIM, read by the student at its σ."""
+    from bedgen.sampling.interpolate import _model_input, interpolate, slerp
+
+    teacher_pipe, student_pipe = load(str(teacher)), load(str(student))
+    a, b = sorted(rooms.glob("*.png"))[:2]
+    slow = interpolate(teacher_pipe, a, b, t=0.5, weights=[0.3], steps=10, dtype="fp32")
+    fast = interpolate(teacher_pipe, a, b, t=0.5, weights=[0.3], steps=10, dtype="fp32", student=student_pipe)
+    assert (slow.evaluations, slow.student) == (10, None)
+    assert (fast.evaluations, fast.student, fast.notes) == (1, str(student), [])
+    # By hand: x_t = √ᾱ x_0 + √(1-ᾱ) ε (one ε, seed 0), slerp at λ, then f(x_t / √ᾱ, σ_t).
+    abar = Schedule.from_scheduler(teacher_pipe.training_scheduler).alphas_cumprod[fast.timestep]
+    eps = torch.randn(3, 16, 16, generator=torch.Generator("cpu").manual_seed(0))
+    x0 = torch.cat([_model_input(teacher_pipe, image, name) for image, name in ((a, "A"), (b, "B"))])
+    noised = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    mixed = slerp(noised[:1], noised[1:], 0.3)
+    sigma = ((1 - abar) / abar).sqrt().view(1)
+    family = ConsistencyDistillationFamily(student_pipe.info.config)
+    with torch.no_grad():
+        expected = family.consistency(student_pipe.unet, mixed / abar.sqrt(), sigma).clamp(-1, 1)
+    assert np.abs(np.asarray(fast.frames[0]).astype(int) - _uint8(expected).astype(int)).max() <= 1
+
+
+def test_above_the_students_noise_range_the_teacher_denoises_and_says_so(student, teacher, rooms):
+    from diffusers import CMStochasticIterativeScheduler
+
+    from bedgen.sampling.interpolate import interpolate
+    from bedgen.sampling.pipeline import Pipeline
+
+    trained = load(str(student))
+    narrow = CMStochasticIterativeScheduler.from_config({**trained.training_scheduler.config, "sigma_max": 0.05})
+    low_noise_student = Pipeline(trained.unet, narrow, trained.info)  # a student trained only up to σ = 0.05
+    a, b = sorted(rooms.glob("*.png"))[:2]
+    result = interpolate(load(str(teacher)), a, b, t=0.5, weights=[0.3], steps=10, student=low_noise_student)
+    assert result.evaluations == 10 and result.student is None and "denoised by DDIM" in result.notes[0]
+
+
+def test_students_of_finds_the_runs_distilled_from_a_model(student, teacher, root):
+    from bedgen.storage.registry import students_of
+
+    found = students_of(str(teacher), root)  # other tests of this module distil the same teacher too
+    assert str(student) in found and str(teacher) not in found
+    assert all(load(ref).info.config.distill.teacher == str(teacher) for ref in found)
+    assert students_of(str(root / "." / teacher.name), root) == found  # the same folder, spelled otherwise
+    assert students_of("google/ddpm-ema-bedroom-256", root) == []
+
+
+def test_releasing_lambda_in_the_app_uses_the_models_student(student, teacher, rooms, root):
+    from bedgen.ui.cache import PipelineCache
+    from bedgen.ui.interpolate import run_weight
+
+    a, b = (str(p) for p in sorted(rooms.glob("*.png"))[:2])
+    cache = PipelineCache(4)
+    _, with_student = run_weight(cache, str(teacher), a, b, 0.5, 0.3, "noise", 10, 0, checkpoints=root)
+    from bedgen.storage.registry import students_of
+
+    newest = students_of(str(teacher), root)[0]  # other tests of this module distil the same teacher too
+    assert f"1 step of its student {newest}" in with_student
+    _, without = run_weight(cache, str(teacher), a, b, 0.5, 0.3, "noise", 10, 0, checkpoints=root / "rooms")
+    assert "10 DDIM steps" in without and "student" not in without

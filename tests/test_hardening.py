@@ -479,6 +479,7 @@ def _baselines(root: Path, files: dict[str, Path]) -> dict[str, list]:
         "/sweep_report": ["sweep"],
         "/train_start": [str(root / "data" / "rooms"), "tiny", 16, 2, 4, 1e-3, "adamw", "fuzz-run", ""],
         "/finetune_start": [model, str(root / "data" / "rooms"), 1.0, 2, 2, 2, 1e-4, "fuzz-ft"],
+        "/distill_start": [model, str(root / "data" / "rooms"), 2, 2, 2e-5, "fuzz-distill"],
         "/push_to_hub": ["alice/fuzz", True],  # no token on this server: refused before any upload
     }
 

@@ -68,6 +68,7 @@ class InterpolationResult:
     seconds: float
     evaluations: int = 0
     notes: list[str] = field(default_factory=list)
+    student: str | None = None  # the consistency student that denoised the frames in one step, if one did
 
     def strip(self) -> Image.Image:
         """Input A, the frames, input B, in one row."""
@@ -132,11 +133,14 @@ def interpolate(
     dtype: str = "auto",
     batch_size: int | None = None,
     progress: ProgressFn | None = None,
+    student: Pipeline | None = None,
 ) -> InterpolationResult:
     """Frames between two images (paths, bytes or PIL) at weights λ.
 
     ``weights`` gives λ values explicitly (one or a list); otherwise ``frames``
-    values evenly spaced from 0 to 1.
+    values evenly spaced from 0 to 1. ``student``, a consistency model distilled from
+    ``pipe`` (``bedgen distill``), denoises the mixed states in one evaluation instead of
+    ``steps`` DDIM steps: the same noised states, read at their σ (see :func:`_student_frames`).
     """
     t = fraction("t", t, low_open=True)
     lambdas = _weights(weights, frames)
@@ -152,6 +156,8 @@ def interpolate(
         x0 = torch.cat(inputs)
         start = time.perf_counter()
         runner = None
+        notes: list[str] = []
+        denoised_by = None  # a student's ref when one finished the frames
         if vae:
             result_frames, timestep, used_steps = _vae_frames(pipe, x0, lambdas, method, placement), 0, 0
         else:
@@ -160,7 +166,12 @@ def interpolate(
             if pipe.info.family == "consistency":
                 frames, timestep, used_steps = _consistency_frames(pipe, runner, z0, t, lambdas, method, seed)
             else:
-                frames, timestep, used_steps = _vp_frames(pipe, runner, z0, t, lambdas, method, steps, seed)
+                finisher = _StudentFinisher(pipe, student, runner, placement) if student is not None else None
+                frames, timestep, used_steps = _vp_frames(pipe, runner, z0, t, lambdas, method, steps, seed,
+                                                          finisher)
+                if finisher is not None:
+                    notes += finisher.notes
+                    denoised_by = student.info.ref if finisher.used else denoised_by
             result_frames = pipe.decode(frames)
         return InterpolationResult(
             frames=to_pil(result_frames),
@@ -174,6 +185,8 @@ def interpolate(
             placement=placement.describe(),
             seconds=time.perf_counter() - start,
             evaluations=runner.evaluations if runner is not None else 1,
+            notes=notes,
+            student=denoised_by,
         )
 
 
@@ -187,7 +200,7 @@ def _vae_frames(pipe: AutoencoderPipeline, x0: torch.Tensor, lambdas: list[float
         return pipe.decode(mixed.to(placement.device))
 
 
-def _vp_frames(pipe, runner, x0, t, lambdas, method, steps, seed):
+def _vp_frames(pipe, runner, x0, t, lambdas, method, steps, seed, finisher=None):
     schedule = Schedule.from_scheduler(pipe.training_scheduler)
     last = len(schedule.alphas_cumprod) - 1
     timestep = min(last, max(1, round(t * last)))
@@ -200,8 +213,46 @@ def _vp_frames(pipe, runner, x0, t, lambdas, method, steps, seed):
     else:
         latents = runner.ddim(x0, taus, abar, clip=False)  # τ_0 -> τ_S: inversion
     mixed = torch.cat([slerp(latents[:1], latents[1:], lam) for lam in lambdas])
+    if finisher is not None:
+        frames = finisher(mixed, abar[timestep])
+        if frames is not None:
+            return frames, timestep, 1
     frames = runner.ddim(mixed, taus[::-1], abar, clip=_clips(pipe))
     return frames, timestep, len(taus) - 1
+
+
+class _StudentFinisher:
+    """Denoises a teacher's mixed states in one evaluation of its student, where it can."""
+
+    def __init__(self, pipe: Pipeline, student: Pipeline, runner: "_Runner", placement) -> None:
+        if student.info.family != "consistency" or student.latent_resolution != pipe.latent_resolution:
+            raise BedgenError("the student must be a consistency model distilled from this model (bedgen distill)")
+        self.student, self.runner, self.placement = student, runner, placement
+        self.used = False
+        self.notes: list[str] = []
+
+    def __call__(self, mixed: torch.Tensor, abar: torch.Tensor) -> torch.Tensor | None:
+        with self.student.placement.use(self.placement):
+            frames = _student_frames(self.student, self.runner, mixed, abar)
+        self.used = frames is not None
+        if not self.used:
+            self.notes.append(f"the noise level is above what the student {self.student.info.ref} was trained on: "
+                              "denoised by DDIM")
+        return frames
+
+
+def _student_frames(student, runner, mixed_vp: torch.Tensor, abar: torch.Tensor) -> torch.Tensor | None:
+    """The student's f(x, σ) at the teacher's noised states: x_VE = x_t / √ᾱ_t at
+    σ = √((1 - ᾱ_t) / ᾱ_t) (Karras et al. 2022, App. B; bedgen.maths.consistency). slerp
+    commutes with the common factor 1/√ᾱ_t, so the mix is the same in either coordinate.
+    None above the student's σ_max, where it was never trained."""
+    sigma = float(((1 - abar) / abar).sqrt())
+    config = student.training_scheduler.config
+    if sigma > float(config.sigma_max):
+        return None
+    # A scheduler whose grid starts at exactly this σ: its first custom timestep evaluates f(·, σ).
+    scheduler = type(student.training_scheduler).from_config({**config, "sigma_max": sigma})
+    return runner.consistency(mixed_vp / abar.sqrt(), scheduler, 0, seed=0, denoiser=student.denoiser)
 
 
 def _consistency_frames(pipe, runner, x0, t, lambdas, method, seed):
@@ -254,14 +305,16 @@ class _Runner:
             done.append(batch)
         return torch.cat(done)
 
-    def consistency(self, x: torch.Tensor, scheduler, k: int, seed: int) -> torch.Tensor:
-        """One consistency-function step from the custom timestep k to a clean image."""
+    def consistency(self, x: torch.Tensor, scheduler, k: int, seed: int, denoiser=None) -> torch.Tensor:
+        """One consistency-function step from the custom timestep k to a clean image (by ``denoiser``,
+        default this model's: a student finishes its teacher's frames)."""
+        denoiser = denoiser or self.denoiser
         self.total += math.ceil(len(x) / self.batch_size)
         done = []
         for batch in self._batches(x):
             scheduler.set_timesteps(timesteps=[k])  # resets the scheduler's step counter
             timestep = scheduler.timesteps[0]
-            out = self.denoiser.scheduler_output(scheduler, batch.to(self.placement.device), timestep, self.placement)
+            out = denoiser.scheduler_output(scheduler, batch.to(self.placement.device), timestep, self.placement)
             self._evaluated()
             out = out.cpu()
             generator = torch.Generator("cpu").manual_seed(seed)

@@ -56,6 +56,28 @@ def _describe_local(path: Path) -> str:
     return f"{info.get('family', '?')} · preset {info.get('preset', '?')} · {config.get('resolution', '?')} px"
 
 
+def students_of(teacher: str, root: Path | None = None) -> list[str]:
+    """Local consistency students of ``teacher`` (newest first): checkpoints under ``root`` whose
+    bedgen.json names it as ``distill.teacher``, the same folder or the same Hub id."""
+    wanted = _same_model_key(teacher)
+    found = []
+    for entry in local_models(root):
+        config = read_description(entry.ref).get("config", {})
+        named = (config.get("distill") or {}).get("teacher")
+        if config.get("family") == "consistency" and named and _same_model_key(named) == wanted:
+            found.append(entry.ref)
+    return found
+
+
+def _same_model_key(ref: str) -> str:
+    """A local folder by its resolved path (a relative and an absolute name match), else the ref."""
+    path = Path(ref).expanduser()
+    try:
+        return str(path.resolve()) if path.is_dir() else ref
+    except (OSError, RuntimeError):
+        return ref
+
+
 def all_models(root: Path | None = None, hub: tuple[str, ...] | None = None) -> list[ModelEntry]:
     """Local checkpoints, then the models pushed from this machine, then the Hub models ``hub``
     (default: the curated list); each ref once."""

@@ -17,6 +17,7 @@ from ..core.checks import whole_number
 from ..core.errors import BedgenError
 from ..sampling.interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS, InterpolationResult, interpolate
 from ..sampling.pipeline import MAX_SEED
+from ..storage.registry import students_of
 from .cache import PipelineCache
 from .components import Choice, ImageUpload, Options, RawNumber, RawSlider, gallery_image, on_gpu
 from .display import display_gallery, display_image, display_note, enlarged, enlarged_items
@@ -104,14 +105,24 @@ def run_interpolate(
 def run_weight(
     cache: PipelineCache, model: str, image_a: Any, image_b: Any, t: Any, weight: Any,
     method: str, steps: Any, seed: Any, progress: Callable[[int, int], None] | None = None,
+    checkpoints: Path | None = None,
 ) -> tuple[Image.Image, str]:
-    """The one frame at λ = ``weight`` (what the slider shows between A and B)."""
+    """The one frame at λ = ``weight`` (what the slider shows between A and B): by the model's
+    newest consistency student under ``checkpoints`` in one evaluation when it has one."""
     steps = whole_number("steps", steps, 1, MAX_UI_STEPS)
     seed = whole_number("seed", seed, 0, MAX_SEED)
     pipe = _model(cache, model, image_a, image_b)
     result = interpolate(pipe, image_a, image_b, t=t, weights=[weight], method=method, steps=steps,
-                         seed=seed, progress=progress)
+                         seed=seed, progress=progress, student=_student(cache, pipe, model, checkpoints))
     return result.frames[0], _status(result, model, f" at λ = {result.weights[0]:.2f}")
+
+
+def _student(cache: PipelineCache, pipe: Any, model: str, checkpoints: Path | None):
+    """The newest student ``bedgen distill`` made of ``model`` under ``checkpoints``, loaded; or None."""
+    if checkpoints is None or getattr(pipe, "denoiser", None) is None or pipe.denoiser.kind != "vp":
+        return None
+    refs = students_of(model.strip(), checkpoints)
+    return cache.get(refs[0]) if refs else None
 
 
 def _model(cache: PipelineCache, model: str, image_a: Any, image_b: Any):
@@ -136,8 +147,10 @@ def _nearest(weights: "tuple[float, ...] | list[float]", weight: float) -> int:
 
 def _status(result: InterpolationResult, model: str, where: str = "") -> str:
     return (
-        f"**{model}** · {result.method}, t = {result.t:g} (step {result.timestep}), {result.steps} DDIM steps · "
+        f"**{model}** · {result.method}, t = {result.t:g} (step {result.timestep}), "
+        f"{f'1 step of its student {result.student}' if result.student else f'{result.steps} DDIM steps'} · "
         f"{len(result.frames)} frame(s){where} · {result.placement} · {result.seconds:.1f} s"
+        + "".join(f" · {note}" for note in result.notes)
     )
 
 
@@ -214,7 +227,8 @@ def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.
         def report(done: int, total: int) -> None:
             progress((done, total), desc="denoising", unit="steps")
 
-        frame, text = run_weight(cache, model_ref, a, b, t_value, w, method_name, steps_value, seed_value, report)
+        frame, text = run_weight(cache, model_ref, a, b, t_value, w, method_name, steps_value, seed_value, report,
+                                 settings.checkpoints)
         return frame, text, enlarged(frame), f"λ = {_weight(w):.2f}, computed exactly"
 
     listen(
