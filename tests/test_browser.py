@@ -140,6 +140,8 @@ def test_generate_shows_x0_previews_while_sampling(page, slow_model):
     page.get_by_role("tab", name="Generate").click()
     page.click("#generate-refresh")
     _option(page, "generate-model", slow_model.name).click()
+    # Choosing a model sets the steps to its default: wait for that before choosing them.
+    page.locator("#generate-model-info").get_by_text(slow_model.name).wait_for(timeout=30_000)
     steps = page.locator("#generate-steps input[type=number]")
     steps.fill("200")
     steps.press("Enter")
@@ -152,6 +154,25 @@ def test_generate_shows_x0_previews_while_sampling(page, slow_model):
     _loaded_images(page, "#generate-gallery img", 1)
     steps.fill("20")
     steps.press("Enter")
+
+
+def test_choosing_a_consistency_model_proposes_its_few_steps_and_the_machine_is_explained(page, app_server):
+    import torch
+    from test_checkpoint import write_consistency_layout
+
+    write_consistency_layout(app_server.log.parent / "checkpoints" / "few-step")
+    page.get_by_role("tab", name="Generate").click()
+    page.click("#generate-refresh")
+    steps = page.locator("#generate-steps input[type=number]")
+    _option(page, "generate-model", "few-step").click()
+    page.wait_for_function("() => document.querySelector('#generate-steps input[type=number]').value === '2'",
+                           timeout=30_000)
+    _option(page, "generate-model", "tiny  (local)").click()
+    page.wait_for_function("() => document.querySelector('#generate-steps input[type=number]').value === '20'",
+                           timeout=30_000)
+    assert steps.input_value() == "20"
+    if not torch.cuda.is_available():
+        assert "No GPU here" in page.locator("#generate-machine-note").inner_text()
 
 
 def test_neighbours_tab_query_shows_k_neighbours(page, app_server, tmp_path):

@@ -154,7 +154,7 @@ def test_consistency_model_layout_samples_in_one_or_two_steps(tmp_path):
     write_consistency_layout(tmp_path / "cd")
     pipe = bedgen.load(str(tmp_path / "cd"))
     assert pipe.info.family == "consistency"
-    assert pipe.samplers == ["consistency"] and pipe.default_steps == 1
+    assert pipe.samplers == ["consistency"] and pipe.default_steps == 2
     one = pipe.sample(2, seed=0, steps=1)
     two = pipe.sample(2, seed=0, steps=2)
     assert one.sampler == "consistency" and len(one.images) == len(two.images) == 2

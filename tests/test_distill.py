@@ -91,7 +91,7 @@ def test_the_training_function_is_what_the_samplers_evaluate(student):
     from diffusers import ConsistencyModelPipeline
 
     pipe = load(str(student))
-    assert pipe.info.family == "consistency" and pipe.default_steps == 1
+    assert pipe.info.family == "consistency" and pipe.default_steps == 2
     config = pipe.info.config
     family = ConsistencyDistillationFamily(config)
     scheduler = pipe.training_scheduler

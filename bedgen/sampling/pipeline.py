@@ -34,7 +34,7 @@ from .backends import check_backend
 from .denoiser import Denoiser
 from .placement import SharedPlacement
 from .schedulers import (
-    check_distinct_timesteps, check_steps, default_sampler, langevin_evals, make_scheduler, pc_evals, samplers_for,
+    CONSISTENCY_STEPS, check_distinct_timesteps, check_steps, default_sampler, langevin_evals, make_scheduler, pc_evals, samplers_for,
     sampling_ladder,
 )
 from ..maths import score as sm
@@ -132,7 +132,7 @@ class Pipeline:
     @property
     def default_steps(self) -> int:
         if self.info.family == "consistency":
-            return 1
+            return CONSISTENCY_STEPS
         config = self.info.config
         steps = config.sampling.steps if config is not None else 20
         return min(steps, self.max_steps)

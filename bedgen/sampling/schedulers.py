@@ -57,7 +57,10 @@ VP_SAMPLERS: dict[str, SamplerSpec] = {
     "heun": SamplerSpec(HeunDiscreteScheduler, "Heun 2nd order (Karras et al. 2022); 2 evals/step"),
 }
 
-# Consistency models (Song et al. 2023) only sample with their own scheduler.
+# Consistency models (Song et al. 2023) only sample with their own scheduler. Two steps by default:
+# on LSUN Bedroom 256 a second step took CD (LPIPS) from FID 7.80 to 5.22 (the paper's Table 3),
+# better than the 1000-step DDPM's 6.36 (Ho et al. 2020), for twice the one-step time.
+CONSISTENCY_STEPS = 2
 CONSISTENCY_SAMPLERS: dict[str, SamplerSpec] = {
     "consistency": SamplerSpec(CMStochasticIterativeScheduler, "consistency sampling, 1-2 steps"),
 }

@@ -13,6 +13,8 @@ from typing import Any
 from .checkpoint import looks_like_checkpoint, read_description
 
 DEFAULT_MODEL = "google/ddpm-ema-bedroom-256"
+# Without a GPU the app opens on a consistency model (see bedgen.ui.settings.default_model_for_machine).
+CPU_DEFAULT_MODEL = "openai/diffusers-cd_bedroom256_lpips"
 
 
 @dataclass(frozen=True)
@@ -20,15 +22,16 @@ class ModelEntry:
     ref: str
     source: str  # "local" | "hub"
     description: str
+    family: str = ""  # ddpm, iddpm, ldm, smld, vae, consistency; "" where unknown before loading
 
 
 # Unconditional LSUN-Bedroom models on the Hub that bedgen can load and sample.
 CURATED_HUB_MODELS: tuple[ModelEntry, ...] = (
-    ModelEntry(DEFAULT_MODEL, "hub", "DDPM (Ho et al. 2020), EMA weights, 256 px, 1000 steps"),
-    ModelEntry("google/ddpm-bedroom-256", "hub", "DDPM (Ho et al. 2020), raw weights, 256 px"),
-    ModelEntry("openai/diffusers-cd_bedroom256_lpips", "hub", "consistency distillation (LPIPS), 1-2 steps"),
-    ModelEntry("openai/diffusers-cd_bedroom256_l2", "hub", "consistency distillation (L2), 1-2 steps"),
-    ModelEntry("openai/diffusers-ct_bedroom256", "hub", "consistency training, 1-2 steps"),
+    ModelEntry(DEFAULT_MODEL, "hub", "DDPM (Ho et al. 2020), EMA weights, 256 px, 1000 steps", "ddpm"),
+    ModelEntry("google/ddpm-bedroom-256", "hub", "DDPM (Ho et al. 2020), raw weights, 256 px", "ddpm"),
+    ModelEntry(CPU_DEFAULT_MODEL, "hub", "consistency distillation (LPIPS), 1-2 steps", "consistency"),
+    ModelEntry("openai/diffusers-cd_bedroom256_l2", "hub", "consistency distillation (L2), 1-2 steps", "consistency"),
+    ModelEntry("openai/diffusers-ct_bedroom256", "hub", "consistency training, 1-2 steps", "consistency"),
 )
 
 
@@ -45,15 +48,25 @@ def local_models(root: Path | None = None) -> list[ModelEntry]:
     found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     found = [p for p in found if looks_like_checkpoint(p)]
     found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    return [ModelEntry(str(p), "local", _describe_local(p)) for p in found]
+    return [_local_entry(p) for p in found]
 
 
-def _describe_local(path: Path) -> str:
+# A foreign diffusers folder's family, from the pipeline class its model_index.json names.
+PIPELINE_FAMILIES = {"DDPMPipeline": "ddpm", "LDMPipeline": "ldm", "ScoreSdeVePipeline": "smld",
+                     "ConsistencyModelPipeline": "consistency"}
+
+
+def _local_entry(path: Path) -> ModelEntry:
     info = read_description(path)
     if not info:
-        return "diffusers checkpoint"
-    config = info.get("config", {})
-    return f"{info.get('family', '?')} · preset {info.get('preset', '?')} · {config.get('resolution', '?')} px"
+        try:
+            pipeline = json.loads((path / "model_index.json").read_text()).get("_class_name", "")
+        except (OSError, ValueError, AttributeError):
+            pipeline = ""
+        return ModelEntry(str(path), "local", "diffusers checkpoint", PIPELINE_FAMILIES.get(pipeline, ""))
+    config, family = info.get("config", {}), str(info.get("family", ""))
+    description = f"{family or '?'} · preset {info.get('preset', '?')} · {config.get('resolution', '?')} px"
+    return ModelEntry(str(path), "local", description, family)
 
 
 def students_of(teacher: str, root: Path | None = None) -> list[str]:
@@ -132,7 +145,7 @@ def pushed_models(endpoint: str | None = None) -> list[ModelEntry]:
     """Models pushed from this machine (see :func:`pushed_records`) as model-list entries."""
     return [
         ModelEntry(r["ref"], "hub", f"pushed from this machine · {r.get('family', '?')}"
-                   + (" · private" if r.get("private") else ""))
+                   + (" · private" if r.get("private") else ""), str(r.get("family") or ""))
         for r in pushed_records(endpoint)
     ]
 

@@ -21,6 +21,7 @@ DEFAULT_LR = 2e-5  # the paper's rate for LSUN 256 was 1e-5 at batch 256 (App. C
 def distill_config(teacher: str) -> BedgenConfig:
     """The student's config before the command line's flags: the teacher's, made a consistency run."""
     from ..sampling.pipeline import Pipeline
+    from ..sampling.schedulers import CONSISTENCY_STEPS
 
     if not str(teacher or "").strip():
         raise BedgenError("give --teacher: the diffusion model to distil (a run folder, checkpoint or Hub DDPM)")
@@ -33,7 +34,7 @@ def distill_config(teacher: str) -> BedgenConfig:
     config.distill.teacher = teacher
     config.finetune = type(config.finetune)()
     config.latent.cache = False  # the teacher's own first stage encodes (bedgen.families.consistency)
-    config.sampling.scheduler, config.sampling.steps = "consistency", 1
+    config.sampling.scheduler, config.sampling.steps = "consistency", CONSISTENCY_STEPS
     t = config.train
     t.max_steps, t.epochs, t.lr, t.lr_schedule = DEFAULT_STEPS, None, DEFAULT_LR, "constant"
     t.warmup_steps = 0

@@ -1,0 +1,102 @@
+"""What a default Generate click costs on this machine: the GPU default vs the CPU default.
+
+    python bench/cpu_defaults.py [--repeats 2] [--threads N]
+
+Both networks have random weights in the layouts of the two models the app opens on
+(bedgen.ui.settings.default_model_for_machine): google/ddpm-ema-bedroom-256 (the ddpm-mid
+layout, 256 px) and openai/diffusers-cd_bedroom256_lpips (the LSUN-256 layout of the
+consistency-model release, as diffusers' conversion script defines it). Each is timed for one
+UNet evaluation at 256 px, batch 1, with bedgen's CPU placement (channels_last, bf16 autocast
+where the CPU has native bf16), in this process, best of ``--repeats``. Then the clicks: 20
+DPM-Solver++ steps of the DDPM against 1 and 2 steps of the consistency model, as
+evaluations x time per evaluation, and the ratio of the two defaults. Quality is not measured
+here (random weights): the published FIDs are 6.36 for the DDPM (Ho et al. 2020) and 7.80 /
+5.22 for CD (LPIPS) at 1 / 2 steps (Song et al. 2023, Table 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from diffusers import UNet2DModel  # noqa: E402
+
+from bedgen.config.overrides import override  # noqa: E402
+from bedgen.config.schema import preset  # noqa: E402
+from bedgen.core.device import cpu_flags, cpu_kind, resolve  # noqa: E402
+from bedgen.models.unet import build_unet  # noqa: E402
+
+DDPM_STEPS = 20
+
+# The LSUN 256 consistency models' UNet (526 M parameters), as diffusers' conversion script lays it out.
+CD_LSUN_256 = dict(
+    sample_size=256, in_channels=3, out_channels=3, layers_per_block=2,
+    block_out_channels=(256, 256, 512, 512, 1024, 1024), attention_head_dim=64,
+    down_block_types=("ResnetDownsampleBlock2D",) * 3 + ("AttnDownBlock2D",) * 3,
+    up_block_types=("AttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",) * 3,
+    downsample_type="resnet", upsample_type="resnet", resnet_time_scale_shift="default",
+)
+
+
+def seconds_per_evaluation(unet: torch.nn.Module, repeats: int) -> float:
+    placement = resolve("auto", "auto")
+    unet = unet.eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 256, 256).contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([500])
+    with torch.inference_mode(), placement.autocast():
+        unet(x, t)  # warm-up: oneDNN picks its kernels
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            unet(x, t)
+            times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def describe_machine() -> str:
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx2", "avx512", "amx")))
+    model = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True)
+    return (f"CPU: {model.stdout.strip() or 'unknown'}, {os.cpu_count()} cores, kind {cpu_kind()}; "
+            f"flags: {' '.join(flags) or 'none of avx2/avx512*/amx*'}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads; placement {resolve('auto', 'auto').describe()}; "
+            f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(describe_machine())
+    torch.manual_seed(0)
+    ddpm = build_unet(override(preset("ddpm-mid"), {"resolution": 256}))
+    cd = UNet2DModel(**CD_LSUN_256)
+    counts = {name: sum(p.numel() for p in net.parameters()) / 1e6 for name, net in (("ddpm", ddpm), ("cd", cd))}
+    t_ddpm = seconds_per_evaluation(ddpm, args.repeats)
+    t_cd = seconds_per_evaluation(cd, args.repeats)
+    print(f"one evaluation at 256 px, batch 1: DDPM (ddpm-mid, {counts['ddpm']:.0f} M) {t_ddpm:.2f} s; "
+          f"CD LSUN-256 ({counts['cd']:.0f} M) {t_cd:.2f} s; ratio {t_cd / t_ddpm:.2f}")
+    gpu_default = DDPM_STEPS * t_ddpm
+    print("| click (1 image, 256 px) | evaluations | seconds | vs the GPU default | published FID |")
+    print("|---|---|---|---|---|")
+    print(f"| DDPM, DPM-Solver++ {DDPM_STEPS} steps (GPU default) | {DDPM_STEPS} | {gpu_default:.1f} | 1.00x | "
+          "6.36 at 1000 steps |")
+    for steps, fid in ((1, "7.80"), (2, "5.22")):
+        click = steps * t_cd
+        mark = " (CPU default)" if steps == 2 else ""
+        print(f"| CD (LPIPS), {steps} step(s){mark} | {steps} | {click:.1f} | {gpu_default / click:.2f}x faster | "
+              f"{fid} |")
+
+
+if __name__ == "__main__":
+    main()
