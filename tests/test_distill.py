@@ -15,7 +15,7 @@ from bedgen.config.overrides import override
 from bedgen.core.errors import BedgenError
 from bedgen.families.consistency import ConsistencyDistillationFamily
 from bedgen.maths import consistency as cm
-from bedgen.maths.diffusion import Schedule, ddim_move
+from bedgen.maths.diffusion import Schedule, ddim_move, split_prediction
 from bedgen.sampling.pipeline import load
 from bedgen.training.distill import distill_config
 from bedgen.training.trainer import Trainer
@@ -54,9 +54,18 @@ def student(root, teacher, rooms) -> Path:
     return out
 
 
-def test_an_euler_step_in_ve_coordinates_is_a_ddim_step_of_the_teacher(teacher, rooms):
+TEACHER_KINDS = {
+    "epsilon": {},
+    "v-prediction": {"diffusion.prediction_type": "v_prediction"},
+    "learned variance": {"diffusion.variance_type": "learned_range", "diffusion.loss_type": "hybrid"},
+}
+
+
+@pytest.mark.parametrize("kind", TEACHER_KINDS)
+def test_an_euler_step_in_ve_coordinates_is_a_ddim_step_of_the_teacher(root, rooms, kind):
     """x_VE' = x_VE + (σ' - σ) ε̂ is DDIM's √ᾱ' x̂_0 + √(1-ᾱ') ε̂ read in VE coordinates, at the
-    teacher's own timesteps (where the fractional timestep is an integer)."""
+    teacher's own timesteps (where the fractional timestep is an integer), whatever it predicts."""
+    teacher = make_tiny_checkpoint(root / f"teacher-{kind}", **TEACHER_KINDS[kind])
     family = ConsistencyDistillationFamily(_config(teacher, rooms, 1))
     schedule = Schedule.from_scheduler(family.teacher.training_scheduler)
     t_from, t_to = torch.tensor([90, 40]), torch.tensor([60, 10])
@@ -64,12 +73,12 @@ def test_an_euler_step_in_ve_coordinates_is_a_ddim_step_of_the_teacher(teacher, 
     assert torch.allclose(cm.timestep_of_sigma(sigma, family.table), t_from.float(), atol=1e-3)
     x_vp = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     abar, abar_to = (schedule.alphas_cumprod[t].view(-1, 1, 1, 1) for t in (t_from, t_to))
+    prediction = family.teacher.training_scheduler.config.prediction_type
     with torch.no_grad():
-        out = family.teacher.unet(x_vp, t_from).sample
-        x0 = (x_vp - (1 - abar).sqrt() * out) / abar.sqrt()
-        expected_vp = ddim_move(x0, out, abar_to)
-        x_ve = x_vp / abar.sqrt()
-        stepped = cm.euler_step(family.teacher_split, x_ve, sigma, sigma_to)
+        out = family.teacher.unet(x_vp, t_from).sample[:, :3]  # a learned variance's half is not the ODE's
+        x0, eps = split_prediction(out, x_vp, abar, prediction)
+        expected_vp = ddim_move(x0, eps, abar_to)
+        stepped = cm.euler_step(family.teacher_split, x_vp / abar.sqrt(), sigma, sigma_to)
     assert torch.allclose(cm.ve_to_vp(stepped, sigma_to), expected_vp, atol=1e-4)
 
 
@@ -254,3 +263,21 @@ def test_releasing_lambda_in_the_app_uses_the_models_student(student, teacher, r
     assert f"1 step of its student {newest}" in with_student
     _, without = run_weight(cache, str(teacher), a, b, 0.5, 0.3, "noise", 10, 0, checkpoints=root / "rooms")
     assert "10 DDIM steps" in without and "student" not in without
+
+
+def test_a_hub_ddpm_without_a_bedgen_config_is_distilled(tmp_path, monkeypatch, rooms):
+    """A teacher in google/ddpm-ema-bedroom-256's flat layout, fetched by huggingface_hub from a local Hub."""
+    from hubserver import FakeHub, isolate_hf_hub
+    from test_checkpoint import write_flat_google_layout
+
+    isolate_hf_hub(monkeypatch, tmp_path / "hf-home")
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        write_flat_google_layout(tmp_path / "google")
+        hub.add_repo("google/ddpm-tiny", tmp_path / "google")
+        out = tmp_path / "hub-student"
+        assert main(["distill", "--teacher", "google/ddpm-tiny", "--data", str(rooms), "--out", str(out),
+                     "--max-steps", "2", "--batch-size", "2", "--preview-every", "0"]) == 0
+    pipe = load(str(out))
+    assert pipe.info.config.distill.teacher == "google/ddpm-tiny" and pipe.info.family == "consistency"
+    assert pipe.generate(1, seed=0, steps=2)[0].size == (pipe.resolution, pipe.resolution)
