@@ -191,8 +191,10 @@ def _flag_type(hint: object) -> dict:
     return {"type": str}
 
 
-def _add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, names: Sequence[str] | None, dest_prefix: str) -> None:
-    """One --flag per config field, default None so only flags given override the preset."""
+def _add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, names: Sequence[str] | None, dest_prefix: str,
+                         default_text: str | None = None) -> None:
+    """One --flag per config field, default None so only flags given override the preset (or
+    whatever ``default_text`` says the defaults come from)."""
     import dataclasses
     import typing
 
@@ -202,12 +204,11 @@ def _add_dataclass_flags(group: argparse._ArgumentGroup, cls: type, names: Seque
             continue
         flag = "--" + field.name.replace("_", "-")
         group.add_argument(flag, dest=f"{dest_prefix}{field.name}", default=None,
-                           help=f"(default: {field.default})", **_flag_type(hints[field.name]))
+                           help=f"(default: {default_text or field.default})", **_flag_type(hints[field.name]))
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from ..config.schema import PRESETS, TrainConfig
-    from ..config.schema import DataConfig
+    from ..config.schema import PRESETS
 
     p = sub.add_parser("train", help="train a model (ddpm, iddpm, ldm, smld, vae) from a preset")
     p.add_argument("--data", help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or a folder made by 'bedgen prepare'")
@@ -215,13 +216,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="a JSON config file (e.g. train/presets/ddpm-mid.json) instead of --preset")
     p.add_argument("--resolution", type=arguments.positive_int, default=None, help="image size (default: the preset's)")
+    _add_run_arguments(p, "--set unet.dropout=0.1")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, set_example: str, default_text: str | None = None) -> None:
+    """What every command that runs the trainer takes: the run folder, resume, overrides and
+    the training and data fields as flags."""
+    from ..config.schema import DataConfig, TrainConfig
+
     p.add_argument("--out", required=True, type=Path, help="run folder; also a model REF for 'bedgen sample'")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override any config field, e.g. --set unet.dropout=0.1 (JSON values)")
-    _add_dataclass_flags(p.add_argument_group("training"), TrainConfig, None, "train.")
-    _add_dataclass_flags(p.add_argument_group("data"), DataConfig, DATA_FLAGS, "data.")
-    p.set_defaults(func=cmd_train)
+                   help=f"override any config field, e.g. {set_example} (JSON values)")
+    _add_dataclass_flags(p.add_argument_group("training"), TrainConfig, None, "train.", default_text)
+    _add_dataclass_flags(p.add_argument_group("data"), DataConfig, DATA_FLAGS, "data.", default_text)
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -305,7 +314,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_distill(sub: argparse._SubParsersAction) -> None:
-    from ..config.schema import DataConfig, TrainConfig
     from ..training.distill import DEFAULT_LR, DEFAULT_STEPS
 
     p = sub.add_parser(
@@ -317,13 +325,10 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--teacher", help="the diffusion model to distil (run folder, checkpoint or Hub id)")
     p.add_argument("--data", help="the teacher's training images (or any images of the same kind)")
-    p.add_argument("--out", required=True, type=Path, help="run folder; also a model REF for 'bedgen sample'")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override any config field, e.g. --set distill.num_scales=40 --set distill.solver=euler")
-    p.epilog = f"defaults: {DEFAULT_STEPS} steps at a constant learning rate of {DEFAULT_LR:g}; the rest from the teacher"
-    _add_dataclass_flags(p.add_argument_group("training"), TrainConfig, None, "train.")
-    _add_dataclass_flags(p.add_argument_group("data"), DataConfig, DATA_FLAGS, "data.")
+    _add_run_arguments(p, "--set distill.num_scales=40 --set distill.solver=euler",
+                       "the teacher's, unless the note at the end says otherwise")
+    p.epilog = (f"note: a distillation runs {DEFAULT_STEPS} steps at a constant learning rate of {DEFAULT_LR:g} "
+                "without warm-up or validation; everything else defaults to the teacher's config")
     p.set_defaults(func=cmd_train, resolution=None, config=None, preset=None)
 
 
