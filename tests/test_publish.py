@@ -413,3 +413,18 @@ def test_redact_paths_and_secrets_anywhere():
     unchanged = b'{\n  "_class_name": "UNet2DModel",\n  "sample_size": 16\n}'
     assert redact_file("unet/config.json", unchanged, secrets) is unchanged  # diffusers' files stay byte-identical
     assert redact_file("w.safetensors", b"\x00/home/alice\xff", secrets) == b"\x00/home/alice\xff"  # binaries as they are
+
+
+def test_a_distilled_student_names_its_teacher_in_the_card_and_uploads_no_local_path(hub, tmp_path):
+    from bedgen.sharing.publish import push_model
+
+    teacher = make_tiny_checkpoint(tmp_path / "teacher")
+    write_rooms(tmp_path / "rooms", 8, size=16)
+    assert main(["distill", "--teacher", str(teacher), "--data", str(tmp_path / "rooms"), "--out",
+                 str(tmp_path / "student"), "--max-steps", "2", "--batch-size", "2", "--preview-every", "0"]) == 0
+    push_model(tmp_path / "student", "alice/student", samples=1)
+    card = hub.files("alice/student")["README.md"].decode()
+    assert "distilled from the diffusion model `<local>/teacher`" in card and "consistency model" in card
+    assert json.loads(hub.files("alice/student")["model_index.json"])["_class_name"] == "ConsistencyModelPipeline"
+    for name, data in hub.stored_blobs():
+        assert str(tmp_path).encode() not in data, f"a local path was uploaded in {name}"

@@ -60,7 +60,8 @@ def metadata(inputs: CardInputs):
     config = inputs.description.get("config") or {}
     tags = ["bedgen", inputs.family, "diffusion" if inputs.family != "vae" else "autoencoder", "bedroom",
             "unconditional-image-generation"]
-    base = (config.get("finetune") or {}).get("init_from")
+    # The model this one was made from: a fine-tuning's start or a distillation's teacher.
+    base = (config.get("finetune") or {}).get("init_from") or (config.get("distill") or {}).get("teacher")
     results = [
         EvalResult(task_type=PIPELINE_TAG, dataset_type=_dataset_id(r) or "custom", dataset_name=_reference_name(r),
                    metric_type=name, metric_value=float(r[name]), metric_name=label)
@@ -135,6 +136,11 @@ def _intro(inputs: CardInputs) -> str:
         f"An unconditional {kind} of bedroom scenes at {inputs.resolution}×{inputs.resolution} px, "
         f"trained with bedgen{preset}.",
     ]
+    teacher = (config.get("distill") or {}).get("teacher") if inputs.family == "consistency" else None
+    if teacher:
+        lines.append(f"It was distilled from the diffusion model `{teacher}` by consistency distillation "
+                     "(Song et al. 2023) and samples in 1-4 steps (`bedgen sample --steps 2`, or diffusers' "
+                     "`ConsistencyModelPipeline`).")
     training = inputs.description.get("training") or {}
     if training.get("step") is not None:
         lines.append(f"This is the EMA checkpoint of step {training['step']}"
