@@ -9,7 +9,8 @@ consistency-model release, as diffusers' conversion script defines it). Each is 
 UNet evaluation at 256 px, batch 1, with bedgen's CPU placement (channels_last, bf16 autocast
 where the CPU has native bf16), in this process, best of ``--repeats``. Then the clicks: 20
 DPM-Solver++ steps of the DDPM against 1 and 2 steps of the consistency model, as
-evaluations x time per evaluation, and the ratio of the two defaults. Quality is not measured
+evaluations x time per evaluation, and the ratio of the two defaults; and releasing the
+Interpolate slider: 25 DDIM steps of the DDPM, or one evaluation of a student distilled from it. Quality is not measured
 here (random weights): the published FIDs are 6.36 for the DDPM (Ho et al. 2020) and 7.80 /
 5.22 for CD (LPIPS) at 1 / 2 steps (Song et al. 2023, Table 3).
 """
@@ -33,6 +34,7 @@ from bedgen.config.overrides import override  # noqa: E402
 from bedgen.config.schema import preset  # noqa: E402
 from bedgen.core.device import cpu_flags, cpu_kind, resolve  # noqa: E402
 from bedgen.models.unet import build_unet  # noqa: E402
+from bedgen.sampling.interpolate import DEFAULT_STEPS as INTERPOLATE_STEPS  # noqa: E402
 
 DDPM_STEPS = 20
 
@@ -96,6 +98,11 @@ def main() -> None:
         mark = " (CPU default)" if steps == 2 else ""
         print(f"| CD (LPIPS), {steps} step(s){mark} | {steps} | {click:.1f} | {gpu_default / click:.2f}x faster | "
               f"{fid} |")
+    # Releasing the λ slider (t = 0.5): the model's DDIM steps, or one evaluation of a student
+    # distilled from it (bedgen distill; the same network layout as its teacher).
+    ddim = INTERPOLATE_STEPS * t_ddpm
+    print(f"| releasing λ, DDPM: {INTERPOLATE_STEPS} DDIM steps from t = 0.5 | {INTERPOLATE_STEPS} | {ddim:.1f} | | |")
+    print(f"| releasing λ, its consistency student: 1 step | 1 | {t_ddpm:.1f} | {ddim / t_ddpm:.0f}x faster | |")
 
 
 if __name__ == "__main__":
