@@ -80,6 +80,8 @@ def test_an_euler_step_in_ve_coordinates_is_a_ddim_step_of_the_teacher(root, roo
         expected_vp = ddim_move(x0, eps, abar_to)
         stepped = cm.euler_step(family.teacher_split, x_vp / abar.sqrt(), sigma, sigma_to)
     assert torch.allclose(cm.ve_to_vp(stepped, sigma_to), expected_vp, atol=1e-4)
+    # Training's σ grid is the one the student's scheduler samples on.
+    assert torch.allclose(family.sigmas, family.scheduler.sigmas.float())
 
 
 def test_heun_is_exact_where_the_direction_is_constant():

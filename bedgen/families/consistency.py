@@ -23,6 +23,7 @@ layout, which the app, ``bedgen sample --steps 1|2|4`` and diffusers already loa
 from __future__ import annotations
 
 import copy
+
 import torch
 from diffusers import CMStochasticIterativeScheduler, UNet2DModel
 
