@@ -1,0 +1,241 @@
+"""Quality vs speed: a teacher DDPM under DDIM, DPM-Solver++ and UniPC against its consistency-distilled student.
+
+    python bench/quality_speed.py [--resolution 32] [--images 2000] [--teacher-steps N] [--student-steps N]
+                                  [--samples N] [--batch 50] [--out FOLDER] [--teacher REF] [--student REF]
+                                  [--inception-weights PATH] [--quick]
+
+End to end with bedgen's own code: draws --images procedural bedroom-like rooms (tests/synthetic.py),
+trains a teacher with `bedgen train --preset tiny`, distils a student with `bedgen distill`, computes
+reference statistics of the same images (bedgen.evaluation.metrics.compute_reference_stats), then
+evaluates every row with bedgen.evaluation.metrics.evaluate: the teacher with ddim, dpmsolver++ and
+unipc at 1, 2, 4, 10, 20, 50 network evaluations (each of these samplers makes one UNet evaluation
+per step), the student with the consistency sampler at 1, 2, 4 steps (one evaluation per step).
+Every row uses the same --samples seeds (image i from seed i). Seconds per image is the sampling
+time only (Inception excluded), in batches of --batch images, with the model loaded and warmed up,
+measured in this run on this machine. With --out FOLDER the teacher and student runs are kept there
+and a rerun reuses them (or pass --teacher/--student).
+
+Without --inception-weights (no download on an offline machine) the Inception network has seeded
+random weights (tests/random_weights.py): every FID/KID is then labelled as such and is only
+comparable within the table. --quick: 16 px, 32 images, 2 training steps, 4 samples per row (a smoke run of every code path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from bedgen.core.device import cpu_flags, cpu_kind  # noqa: E402
+from bedgen.core.errors import BedgenError  # noqa: E402
+from bedgen.evaluation.metrics import compute_reference_stats, evaluate, shared_inception  # noqa: E402
+from bedgen.sampling.pipeline import load  # noqa: E402
+from random_weights import save_random_inception  # noqa: E402
+from synthetic import write_rooms  # noqa: E402
+
+TEACHER_SAMPLERS = ("ddim", "dpmsolver++", "unipc")
+TEACHER_NFE = (1, 2, 4, 10, 20, 50)
+STUDENT_NFE = (1, 2, 4)
+RANDOM_LABEL = "FID on random-Inception features (real weights unavailable): comparable within this table only"
+QUICK = {"resolution": 16, "images": 32, "teacher_steps": 2, "student_steps": 2, "samples": 4, "batch": 4}
+
+
+def describe_machine() -> str:
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx2", "avx512", "amx")))
+    model = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True,
+                           text=True).stdout.strip() or platform.processor()
+    return (f"cpu: {model}, {os.cpu_count()} cores, kind {cpu_kind()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads\nflags (lscpu): {' '.join(flags) or 'none of avx2/avx512*/amx*'}")
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def bedgen_cli(*args: str) -> None:
+    """One `bedgen` command in a subprocess, as a user would run it; its output goes to ours."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bedgen", *args], check=True, cwd=ROOT,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    print(f"  ({args[0]} took {time.perf_counter() - started:.0f} s)", flush=True)
+
+
+def prepare_images(folder: Path, count: int, size: int) -> Path:
+    if len(list(folder.glob("*.png"))) != count:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):
+            old.unlink()
+        write_rooms(folder, count, size=size, seed=0)
+    return folder
+
+
+def teacher_run(args: argparse.Namespace, data: Path, out: Path) -> str:
+    if args.teacher:
+        return args.teacher
+    run = out / "teacher"
+    if (run / "bedgen-run.json").exists():
+        print(f"reusing the teacher in {run}")
+    else:
+        print(f"training the teacher: {args.teacher_steps} steps, preset tiny, {args.resolution} px", flush=True)
+        bedgen_cli("train", "--data", str(data), "--preset", "tiny", "--resolution", str(args.resolution),
+                   "--out", str(run), "--max-steps", str(args.teacher_steps),
+                   "--checkpoint-every", str(args.teacher_steps), "--preview-every", str(args.teacher_steps))
+    return str(run)
+
+
+def student_run(args: argparse.Namespace, teacher: str, data: Path, out: Path) -> str:
+    if args.student:
+        return args.student
+    run = out / "student"
+    if (run / "bedgen-run.json").exists():
+        print(f"reusing the student in {run}")
+    else:
+        print(f"distilling the student: {args.student_steps} steps", flush=True)
+        bedgen_cli("distill", "--teacher", teacher, "--data", str(data), "--out", str(run),
+                   "--max-steps", str(args.student_steps), "--checkpoint-every", str(args.student_steps),
+                   "--preview-every", str(args.student_steps))
+    return str(run)
+
+
+def inception_file(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
+    """The weights to use, and the label every metric carries when they are random."""
+    if args.inception_weights:
+        return args.inception_weights, None
+    return save_random_inception(out / "random-inception.pth", seed=0), RANDOM_LABEL
+
+
+def measure(pipe, reference, inception, sampler: str, nfe: int, args: argparse.Namespace) -> dict:
+    try:
+        result = evaluate(pipe, reference, num_samples=args.samples, metrics="fid,kid", steps=nfe,
+                          scheduler=sampler, seed=0, batch_size=args.batch, inception_weights=inception)
+    except BedgenError as error:
+        return {"sampler": sampler, "nfe": nfe, "skipped": str(error)}
+    return {"sampler": sampler, "nfe": nfe, "fid": result["fid"], "kid": result.get("kid"),
+            "s_per_image": result["seconds"]["sampling"] / args.samples}
+
+
+def rows_for(ref: str, samplers: tuple[str, ...], nfes: tuple[int, ...], reference, inception,
+             args: argparse.Namespace, who: str) -> list[dict]:
+    pipe = load(ref)
+    pipe.sample(args.batch, seed=0, steps=2, scheduler=samplers[0], batch_size=args.batch)  # warm-up: oneDNN
+    rows = []
+    for sampler in samplers:
+        for nfe in nfes:
+            row = {"model": who, **measure(pipe, reference, inception, sampler, nfe, args)}
+            print(f"  {format_row(row)}", flush=True)
+            rows.append(row)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    if "skipped" in row:
+        return f"| {row['model']} | {row['sampler']} | {row['nfe']} | skipped: {row['skipped']} | | |"
+    kid = "" if row["kid"] is None else f"{row['kid']:.4f}"
+    return (f"| {row['model']} | {row['sampler']} | {row['nfe']} | {row['fid']:.2f} | {kid} "
+            f"| {row['s_per_image']:.4f} |")
+
+
+def find(rows: list[dict], model: str, sampler: str, nfe: int) -> dict | None:
+    return next((r for r in rows if r["model"] == model and r["sampler"] == sampler and r["nfe"] == nfe
+                 and "skipped" not in r), None)
+
+
+def ratio_lines(rows: list[dict]) -> list[str]:
+    student2 = find(rows, "student", "consistency", 2)
+    dpm20 = find(rows, "teacher", "dpmsolver++", 20)
+    dpm2 = find(rows, "teacher", "dpmsolver++", 2)
+    if not (student2 and dpm20 and dpm2):
+        return ["ratios: a row they need is missing (see the table)"]
+    fid_ratio = student2["fid"] / dpm20["fid"]
+    return [
+        f"student FID at 2 NFE / teacher DPM-Solver++ FID at 20 NFE: {student2['fid']:.2f} / {dpm20['fid']:.2f} "
+        f"= {fid_ratio:.2f} (target <= 1.3: {'met' if fid_ratio <= 1.3 else 'NOT met'})",
+        f"student 2 NFE vs teacher DPM-Solver++ 2 NFE: FID {student2['fid']:.2f} vs {dpm2['fid']:.2f} "
+        f"(target: student better: {'met' if student2['fid'] < dpm2['fid'] else 'NOT met'})",
+        f"seconds per image, student 2 NFE / teacher DPM-Solver++ 20 NFE: {student2['s_per_image']:.4f} / "
+        f"{dpm20['s_per_image']:.4f} = {student2['s_per_image'] / dpm20['s_per_image']:.3f} "
+        f"({dpm20['s_per_image'] / student2['s_per_image']:.1f}x faster)",
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=32, help="image size, 32..64 (16 with --quick)")
+    parser.add_argument("--images", type=int, default=1000, help="procedural training/reference images")
+    parser.add_argument("--teacher-steps", type=int, default=800, help="training steps of the teacher")
+    parser.add_argument("--student-steps", type=int, default=300, help="distillation steps of the student")
+    parser.add_argument("--samples", type=int, default=100, help="generated images per row (same seeds each row)")
+    parser.add_argument("--batch", type=int, default=50, help="images per sampling batch")
+    parser.add_argument("--teacher", default=None, help="an existing teacher run (skips training)")
+    parser.add_argument("--student", default=None, help="an existing student run (skips distillation)")
+    parser.add_argument("--inception-weights", type=Path, default=None,
+                        help="torch-fidelity Inception weights (default: seeded random weights, labelled)")
+    parser.add_argument("--out", type=Path, default=None, help="keep images, runs and statistics here")
+    parser.add_argument("--quick", action="store_true", help="a one-minute smoke run: " + str(QUICK))
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            if parser.get_default(name) == getattr(args, name):
+                setattr(args, name, value)
+    elif not 32 <= args.resolution <= 64:
+        parser.error("--resolution must be 32..64 (16 only with --quick)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    scratch = None if args.out else tempfile.TemporaryDirectory(prefix="bedgen-quality-speed-")
+    out = args.out or Path(scratch.name)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    print(describe_machine())
+    print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; load average at start: {load_average()}")
+    print(f"command: python bench/quality_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}", flush=True)
+
+    data = prepare_images(out / f"rooms-{args.resolution}", args.images, args.resolution)
+    teacher = teacher_run(args, data, out)
+    student = student_run(args, teacher, data, out)
+
+    weights, label = inception_file(args, out)
+    inception = shared_inception(weights)
+    reference = compute_reference_stats(str(data), args.resolution, inception_weights=inception,
+                                        batch_size=args.batch)
+    print(f"reference: {args.images} procedural rooms at {args.resolution} px; evaluating {args.samples} samples "
+          "per row", flush=True)
+    rows = rows_for(teacher, TEACHER_SAMPLERS, TEACHER_NFE, reference, inception, args, "teacher")
+    rows += rows_for(student, ("consistency",), STUDENT_NFE, reference, inception, args, "student")
+
+    fid_head = "FID (random Inception)" if label else "FID"
+    print()
+    if label:
+        print(f"**{label}.**")
+    print(f"{args.samples} samples per row (FID from few samples is biased upwards; compare rows, not papers); "
+          f"reference: {args.images} images; {args.resolution} px; batch {args.batch}; "
+          f"teacher {teacher}; student {student}")
+    print()
+    print(f"| model | sampler | NFE | {fid_head} | KID | s/image |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(format_row(row))
+    print()
+    for line in ratio_lines(rows):
+        print(f"- {line}")
+    print(f"\nload average at end: {load_average()}; wall time {time.perf_counter() - started:.0f} s")
+    if scratch is not None:
+        scratch.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""bench/quality_speed.py, the quality-vs-speed table: its --quick mode runs every step (draw rooms,
+train a teacher, distil a student, reference statistics, every row) on a tiny scale."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "quality_speed.py"
+ROWS = ([("teacher", sampler, nfe) for sampler in ("ddim", "dpmsolver++", "unipc") for nfe in (1, 2, 4, 10, 20, 50)]
+        + [("student", "consistency", nfe) for nfe in (1, 2, 4)])
+LABEL = "FID on random-Inception features (real weights unavailable): comparable within this table only"
+
+
+def table(stdout: str) -> dict[tuple[str, str, int], list[str]]:
+    """The markdown table's rows by (model, sampler, NFE) -> [FID, KID, s/image]."""
+    lines = stdout.splitlines()
+    start = lines.index("|---|---|---|---|---|---|") + 1
+    rows = {}
+    for line in lines[start:]:
+        if not line.startswith("| "):
+            break
+        model, sampler, nfe, *values = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[(model, sampler, int(nfe))] = values
+    return rows
+
+
+@pytest.mark.slow
+def test_quick_run_prints_every_row_with_a_finite_fid_and_a_positive_time(tmp_path):
+    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=1200, env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = table(run.stdout)
+    assert list(rows) == ROWS, run.stdout
+    for key, (fid, kid, seconds) in rows.items():
+        assert math.isfinite(float(fid)), (key, fid)
+        assert float(seconds) > 0, (key, seconds)
+    assert f"**{LABEL}.**" in run.stdout.splitlines()
+    assert "| model | sampler | NFE | FID (random Inception) | KID | s/image |" in run.stdout
+    assert "student FID at 2 NFE / teacher DPM-Solver++ FID at 20 NFE" in run.stdout
