@@ -18,9 +18,9 @@ LABEL = "FID on random-Inception features (real weights unavailable): comparable
 
 
 def table(stdout: str) -> dict[tuple[str, str, int], list[str]]:
-    """The markdown table's rows by (model, sampler, NFE) -> [FID, KID, s/image]."""
+    """The markdown table's rows by (model, sampler, NFE) -> [FID, KID, pixel FD, s/image]."""
     lines = stdout.splitlines()
-    start = lines.index("|---|---|---|---|---|---|") + 1
+    start = lines.index("|---|---|---|---|---|---|---|") + 1
     rows = {}
     for line in lines[start:]:
         if not line.startswith("| "):
@@ -37,9 +37,9 @@ def test_quick_run_prints_every_row_with_a_finite_fid_and_a_positive_time(tmp_pa
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = table(run.stdout)
     assert list(rows) == ROWS, run.stdout
-    for key, (fid, kid, seconds) in rows.items():
-        assert math.isfinite(float(fid)), (key, fid)
+    for key, (fid, kid, pixel_fd, seconds) in rows.items():
+        assert math.isfinite(float(fid)) and float(pixel_fd) >= 0, (key, fid, pixel_fd)
         assert float(seconds) > 0, (key, seconds)
     assert f"**{LABEL}.**" in run.stdout.splitlines()
-    assert "| model | sampler | NFE | FID (random Inception) | KID | s/image |" in run.stdout
+    assert "| model | sampler | NFE | FID (random Inception) | KID | pixel FD (8x8) | s/image |" in run.stdout
     assert "student FID at 2 NFE / teacher DPM-Solver++ FID at 20 NFE" in run.stdout
