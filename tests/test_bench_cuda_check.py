@@ -13,7 +13,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "cuda_check.py"
 SECTIONS = ("train-16", "train-32", "sample-eager", "sample-compiled", "fid", "neighbours-build",
-            "neighbours-search")
+            "neighbours-search", "distill")
 FIGURE = re.compile(r"^\[(?P<section>[\w-]+)\] .+: (?P<value>[0-9.e+-]+) (?P<unit>images/s|s/eval|ms/query) "
                     r"\((?P<dtype>[\w/]+)\) on (?P<device>.+)$")
 
@@ -36,9 +36,8 @@ def test_smoke_run_prints_a_positive_figure_for_every_section():
     for match in figures.values():
         assert float(match["value"]) > 0, match.string
         assert match["device"].startswith("CPU"), match["device"]
-    assert figures["train-16"]["dtype"] == "bf16"  # accelerate's mixed precision, as on the GPU
+    assert figures["train-16"]["dtype"] == figures["distill"]["dtype"] == "bf16"  # accelerate's, as on the GPU
     lines = run.stdout.splitlines()
-    assert "distillation: not implemented yet (issue 15 item 2)" in lines
     table = lines[lines.index("| section | what | figure | dtype | note |"):]
     assert [row.split(" | ")[0].lstrip("| ") for row in table[2:]] == list(SECTIONS)
 
