@@ -125,6 +125,14 @@ def test_dragging_lambda_shows_a_computed_frame_and_releasing_computes_it(page, 
     note.get_by_text("λ = 0.45, computed exactly").wait_for(timeout=30_000)
     _loaded_images(page, "#interp-middle img", 1)
     assert page.locator("#interp-middle img").get_attribute("src") != frame
+    # Another image B: the frames belong to the old one, so dragging no longer flips through them.
+    _upload(page, "interp-b", rooms[0])
+    note.get_by_text("the inputs changed: Interpolate again").wait_for(timeout=30_000)
+    shown = page.locator("#interp-middle img").get_attribute("src")
+    slider.fill("0.15")
+    note.get_by_text("Interpolate first to flip through its frames; release computes λ = 0.15").wait_for(
+        timeout=30_000)
+    assert page.locator("#interp-middle img").get_attribute("src") == shown
 
 
 @pytest.fixture(scope="module")

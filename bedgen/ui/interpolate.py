@@ -59,6 +59,9 @@ class Frames:
     shown: tuple[Image.Image, ...]  # the display copies (bedgen.ui.display)
 
 
+FORGOTTEN = "the inputs changed: Interpolate again to flip through frames"
+
+
 def nearest_frame(frames: Frames | None, weight: Any) -> tuple[Any, Any, str]:
     """(native frame, display copy, note) of the precomputed frame nearest λ = ``weight``.
 
@@ -131,6 +134,10 @@ def _model(cache: PipelineCache, model: str, image_a: Any, image_b: Any):
     if not isinstance(model, str) or not model.strip():
         raise BedgenError("choose a model (a local checkpoint folder or a Hub id org/name)")
     return cache.get(model)
+
+
+def _forget_frames() -> tuple[None, str]:
+    return None, FORGOTTEN
 
 
 def _weight(value: Any) -> float:
@@ -239,6 +246,11 @@ def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.
         what="interpolation", status=status,
         api_name="interpolate", concurrency_limit=settings.concurrency, concurrency_id="gpu",
     )
+    # Frames belong to the inputs that made them: changing any of those forgets them, so dragging
+    # never shows frames of other images, another noise level or another model.
+    gr.on([image_a.change, image_b.change, model.change, t.change, method.change, steps.change, seed.change],
+          _forget_frames, None, [computed, weight_note], api_visibility="private", queue=False,
+          show_progress="hidden")
     # Dragging λ flips through the computed frames (no model call: instant, never waits for the GPU);
     # releasing it computes that λ exactly.
     listen(
