@@ -93,32 +93,28 @@ def prepare_images(folder: Path, count: int, size: int) -> Path:
     return folder
 
 
-def teacher_run(args: argparse.Namespace, data: Path, out: Path) -> str:
-    if args.teacher:
-        return args.teacher
-    run = out / "teacher"
+def run_once(run: Path, what: str, *command: str) -> str:
+    """The run folder ``run``, made by ``bedgen COMMAND`` unless an earlier run of this bench left it."""
     if (run / "bedgen-run.json").exists():
-        print(f"reusing the teacher in {run}")
+        print(f"reusing the {what} in {run}")
     else:
-        print(f"training the teacher: {args.teacher_steps} steps, preset tiny, {args.resolution} px", flush=True)
-        bedgen_cli("train", "--data", str(data), "--preset", "tiny", "--resolution", str(args.resolution),
-                   "--out", str(run), "--max-steps", str(args.teacher_steps),
-                   "--checkpoint-every", str(args.teacher_steps), "--preview-every", str(args.teacher_steps))
+        print(f"making the {what}: bedgen {' '.join(command)}", flush=True)
+        bedgen_cli(*command, "--out", str(run))
     return str(run)
+
+
+def teacher_run(args: argparse.Namespace, data: Path, out: Path) -> str:
+    steps = str(args.teacher_steps)
+    return args.teacher or run_once(
+        out / "teacher", "teacher", "train", "--data", str(data), "--preset", "tiny", "--resolution",
+        str(args.resolution), "--max-steps", steps, "--checkpoint-every", steps, "--preview-every", steps)
 
 
 def student_run(args: argparse.Namespace, teacher: str, data: Path, out: Path) -> str:
-    if args.student:
-        return args.student
-    run = out / "student"
-    if (run / "bedgen-run.json").exists():
-        print(f"reusing the student in {run}")
-    else:
-        print(f"distilling the student: {args.student_steps} steps", flush=True)
-        bedgen_cli("distill", "--teacher", teacher, "--data", str(data), "--out", str(run),
-                   "--max-steps", str(args.student_steps), "--checkpoint-every", str(args.student_steps),
-                   "--preview-every", str(args.student_steps))
-    return str(run)
+    steps = str(args.student_steps)
+    return args.student or run_once(
+        out / "student", "student", "distill", "--teacher", teacher, "--data", str(data),
+        "--max-steps", steps, "--checkpoint-every", steps, "--preview-every", steps)
 
 
 def inception_file(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
