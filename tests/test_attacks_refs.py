@@ -267,6 +267,17 @@ def test_finetune_model_outside_the_checkpoints_is_refused(train_app, escape):
 
 
 @pytest.mark.parametrize("escape", ESCAPES)
+def test_distill_teacher_outside_the_checkpoints_is_refused(train_app, escape):
+    """Finding 3 for the distil mode: its teacher is checked like the fine-tune model."""
+    app, root = train_app
+    run = "cd-" + escape.replace("/", "-")
+    data = str(root / "data" / "my-style")
+    expect_error(call(app, "distill_start", [escape, data, 2, 2, 1e-4, run]), "checkpoints folder")
+    _nothing_started(root, run)
+    assert "No run" in _status(app) or "stopped" in _status(app)
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
 def test_ldm_autoencoder_outside_the_checkpoints_is_refused(train_app, escape):
     app, root = train_app
     run = "ldm-" + escape.replace("/", "-")
