@@ -1,10 +1,12 @@
 """CPU inference backends for one UNet evaluation, measured against PyTorch fp32 eager.
 
     python bench/unet_backends.py [--sizes 64 128 256] [--batches 1 4] [--repeats 3]
-                                  [--only NAME ...] [--compile]
+                                  [--only NAME ...] [--compile] [--layout ddpm-mid|cd-lsun-256]
 
 Network: the ddpm-mid layout (google/ddpm-bedroom-256) with seeded random weights, at each
-requested resolution. For each size and batch, every candidate is built once, warmed up
+requested resolution; or, with --layout cd-lsun-256, the 526 M-parameter UNet of
+openai/diffusers-cd_bedroom256_lpips (the app's CPU default; bench/cpu_defaults.py), where the
+x̂₀ column is read as if it were an ε-prediction (only its size counts there). For each size and batch, every candidate is built once, warmed up
 once, then timed ``--repeats`` times; the table shows the median seconds per evaluation,
 the ratio against PyTorch fp32 eager with contiguous tensors (what diffusers'
 DDPMPipeline does) measured in the same run, and the difference of its output from that
@@ -102,14 +104,15 @@ def onnxruntime_fp32(unet, x, t) -> Run:
         import onnxruntime as ort
     except ImportError:
         raise Skip("not installed") from None
-    path = Path(tempfile.mkdtemp()) / "unet.onnx"
-    with torch.inference_mode():
-        torch.onnx.export(_Plain(unet), (x, t), str(path), input_names=["sample", "timestep"],
-                          output_names=["out"], opset_version=17, dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as folder:  # the session holds the weights; the files can go
+        path = Path(folder) / "unet.onnx"  # (over 2 GB: the exporter writes the weights beside it)
+        with torch.inference_mode():
+            torch.onnx.export(_Plain(unet), (x, t), str(path), input_names=["sample", "timestep"],
+                              output_names=["out"], opset_version=17, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x, t: torch.from_numpy(session.run(None, {"sample": x.numpy(), "timestep": t.numpy()})[0])
 
 
@@ -227,10 +230,19 @@ def describe_machine() -> str:
             f"versions: {', '.join(versions)}\nload average at start: {load}")
 
 
-def bench_one(size: int, batch: int, names: list[str], repeats: int) -> list[tuple]:
-    config = override(preset("ddpm-mid"), {"resolution": size, "diffusion.num_train_timesteps": 1000})
+def network(layout: str, config) -> torch.nn.Module:
     torch.manual_seed(0)
-    unet = build_unet(config).eval()
+    if layout == "cd-lsun-256":
+        from cpu_defaults import CD_LSUN_256
+        from diffusers import UNet2DModel
+
+        return UNet2DModel(**{**CD_LSUN_256, "sample_size": config.resolution}).eval()
+    return build_unet(config).eval()
+
+
+def bench_one(size: int, batch: int, names: list[str], repeats: int, layout: str = "ddpm-mid") -> list[tuple]:
+    config = override(preset("ddpm-mid"), {"resolution": size, "diffusion.num_train_timesteps": 1000})
+    unet = network(layout, config)
     abar = float(build_training_scheduler(config).alphas_cumprod[T_PROBE])
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     t = torch.full((batch,), float(T_PROBE))
@@ -267,17 +279,19 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument("--static-int8", action="store_true",
                         help="also time OpenVINO full int8 (nncf.quantize; minutes to calibrate, far from fp32)")
+    parser.add_argument("--layout", choices=["ddpm-mid", "cd-lsun-256"], default="ddpm-mid")
     args = parser.parse_args()
     names = [n for n in CANDIDATES if n == BASELINE or (args.only is None or n in args.only)]
     opt_in = {"torch.compile inductor fp32": args.compile, STATIC_INT8: args.static_int8}
     names = [n for n in names if opt_in.get(n, True) or args.only and n in args.only]
     print(describe_machine(), flush=True)
-    print("network: ddpm-mid layout, 113.7 M params (at any size), seeded random weights\n", flush=True)
+    params = sum(p.numel() for p in network(args.layout, preset("ddpm-mid")).parameters()) / 1e6
+    print(f"network: {args.layout} layout, {params:.1f} M params (at any size), seeded random weights\n", flush=True)
     print("| px | batch | candidate | s / eval | vs eager fp32 | max abs Δ | mean abs Δ | x̂₀ Δ (levels) | note |")
     print("|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for batch in args.batches:
-            for name, s, ratio, dmax, dmean, lv, note in bench_one(size, batch, names, args.repeats):
+            for name, s, ratio, dmax, dmean, lv, note in bench_one(size, batch, names, args.repeats, args.layout):
                 if s is None:
                     print(f"| {size} | {batch} | {name} | – | – | – | – | – | {note} |")
                 else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bedgen.core.device import cpu_has_bf16
 from bedgen.sampling.schedulers import CONSISTENCY_STEPS
 from bedgen.storage.registry import CPU_DEFAULT_MODEL, DEFAULT_MODEL, local_models
 from bedgen.ui.generate import DIFFUSION_STEPS, default_steps_for, machine_note
@@ -30,6 +31,8 @@ def test_without_a_gpu_the_app_opens_on_a_consistency_model_at_two_steps_and_say
     assert default_steps_for(settings.default_model, settings) == CONSISTENCY_STEPS == 2
     note = machine_note(settings)
     assert "No GPU here" in note and "consistency model at 2 steps" in note and "FID 5.22" in note
+    # the engine the model runs on: on a CPU without native bf16, ONNX Runtime (bench/RESULTS.md)
+    assert ("native bf16" in note) if cpu_has_bf16() else ("no native bf16, so fp32 on ONNX Runtime" in note)
 
 
 @no_gpu

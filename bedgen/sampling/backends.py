@@ -1,29 +1,36 @@
-"""Which engine runs the UNet at inference: PyTorch eager, or OpenVINO when asked for.
+"""Which engine runs the UNet at inference: PyTorch eager, ONNX Runtime or OpenVINO.
 
-``auto`` (the default) is PyTorch eager everywhere: bf16 autocast on CPUs with native bf16
-(AVX512-BF16, AMX), fp32 + channels_last on other CPUs, the GPU's autocast on CUDA/MPS.
-``BEDGEN_BACKEND=openvino`` or ``Pipeline.sample(backend="openvino")`` runs fp32 CPU
-requests on OpenVINO's CPU plugin instead, with outputs equal to eager's up to float
-rounding. It is not the default because it did not win clearly where measured
-(``bench/unet_backends.py``, bench/RESULTS.md): on a quiet 2-core AVX2 EPYC it was 1.32x
-faster than fp32 eager (3.16 s against 4.16 s per ddpm-mid evaluation at 256 px), but on the
-same kind of machine shared with other jobs it ranged from 0.65x to 1.36x, and its first use
-of a model converts the network for minutes. When OpenVINO is asked for but missing, cannot convert the
-network or fails, the call runs on PyTorch eager and the reason is logged once per model.
+``auto`` (the default) picks per placement, from ``bench/unet_backends.py`` (bench/RESULTS.md):
 
-The converted network is cached on disk, in ``BEDGEN_COMPILED_CACHE`` (default
+- CUDA/MPS: PyTorch eager under the GPU's autocast.
+- CPUs with native bf16 (AVX512-BF16, AMX): PyTorch eager under bf16 autocast (3.5x fp32 there).
+- other CPUs (AVX2, AVX512 without bf16), computing in fp32: ONNX Runtime, for networks of at
+  least ``ENGINE_MIN_PARAMETERS`` weights. On a quiet 2-core AVX2 EPYC one ddpm-mid evaluation
+  at 256 px took 2.94 s on ONNX Runtime against 4.04 s on fp32 eager (1.37x; OpenVINO 1.30x,
+  channels_last 1.15x), with outputs equal up to float rounding; its export takes seconds, not
+  OpenVINO's minutes. Smaller networks evaluate in milliseconds, where an export would cost
+  more than it saves, and stay on eager (fp32 + channels_last).
+
+``BEDGEN_BACKEND`` (or ``Pipeline.sample(backend=...)``) forces one: ``eager``, ``onnxruntime``
+or ``openvino`` (optional: ``pip install openvino``). When an engine is missing, cannot export
+the network or fails to prepare it, the call runs on PyTorch eager and the reason is logged
+once per model.
+
+Exported networks are cached on disk, in ``BEDGEN_COMPILED_CACHE`` (default
 ``~/.cache/bedgen/compiled``), one folder per key: a hash of the weights, the UNet config,
-the input's channels and side, the dtype and the OpenVINO version; the batch dimension is
-left dynamic, so one conversion serves every batch size. Each folder records the SHA-256 of
-its weights file, so a damaged cache is noticed, converted again and replaced.
+the input's channels and side, the dtype, the engine and its version; the batch dimension is
+left dynamic, so one export serves every batch size. Each folder records the SHA-256 of its
+files, so a damaged cache is noticed, exported again and replaced.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -35,8 +42,12 @@ from ..core.device import Placement
 from ..core.errors import BedgenError, one_line
 from ..core.files import file_sha256, replace_dir_atomically, write_json
 
-BACKENDS = ("auto", "eager", "openvino")
-CACHE_FORMAT = 1  # bump when what a cache folder holds changes
+BACKENDS = ("auto", "eager", "onnxruntime", "openvino")
+CACHE_FORMAT = 2  # bump when what a cache folder holds changes
+# auto's engine threshold: ddpm-mid (114 M) gained 1.37x at 256 px; a 16 px test network of a
+# few thousand weights runs in milliseconds, less than its export would cost.
+ENGINE_MIN_PARAMETERS = 5_000_000
+LABELS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 log = logging.getLogger("bedgen.backends")
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -56,50 +67,72 @@ def compiled_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bedgen" / "compiled"
 
 
-def choose_backend(name: str | None, placement: Placement) -> tuple[str, str]:
-    """(``eager`` or ``openvino``, why) for a request on ``placement``."""
+def choose_backend(name: str | None, placement: Placement, parameters: int | None = None) -> tuple[str, str]:
+    """(``eager``, ``onnxruntime`` or ``openvino``, why) for a request on ``placement`` with a
+    network of ``parameters`` weights (None: unknown, taken as large)."""
     name = check_backend(name)
-    if name in ("auto", "eager"):
-        return "eager", "the default: no other engine won clearly (bench/RESULTS.md)" if name == "auto" else "asked for"
+    if name == "eager":
+        return "eager", "asked for"
+    if name == "auto":
+        return _auto(placement, parameters)
+    label = LABELS[name]
     if placement.device.type != "cpu":
-        return "eager", f"OpenVINO runs on the CPU only, this request runs on {placement.device.type}"
+        return "eager", f"{label} runs on the CPU only, this request runs on {placement.device.type}"
     if placement.dtype != torch.float32:
-        return "eager", "OpenVINO runs fp32 only, this request computes in bf16"
-    return "openvino", "asked for"
+        return "eager", f"{label} runs fp32 only, this request computes in bf16"
+    return name, "asked for"
 
 
-class OpenVINOEngine:
-    """One network's OpenVINO programs: converted once (or read from the disk cache), compiled
-    once per batch size. Shared by concurrent requests; each call gets its own infer request,
-    so nothing of a request is stored here."""
+def _auto(placement: Placement, parameters: int | None) -> tuple[str, str]:
+    if placement.device.type != "cpu":
+        return "eager", f"auto: PyTorch's autocast on {placement.device.type}"
+    if placement.dtype != torch.float32:
+        return "eager", "auto: PyTorch's native bf16 autocast on this CPU"
+    if parameters is not None and parameters < ENGINE_MIN_PARAMETERS:
+        return "eager", (f"auto: a network of {parameters:,} weights evaluates in milliseconds; "
+                         "an export would cost more than it saves")
+    return "onnxruntime", "auto: the fastest fp32 CPU engine measured (bench/RESULTS.md)"
+
+
+class ExportedEngine:
+    """One network exported for an engine: exported once (or read from the disk cache),
+    prepared once per batch size where the engine wants static shapes. Shared by concurrent
+    requests; each call gets its own inference state, so nothing of a request is stored here.
+
+    Subclasses say how to export, save, load, prepare and run; this class owns when."""
+
+    library = ""  # the module to import (ImportError: the engine is not installed)
 
     def __init__(self, module: torch.nn.Module, forward: Forward, cache_dir: Path | None = None):
         self.module, self.forward = module, forward
         self.cache_dir = cache_dir
-        self.converted = 0  # conversions from PyTorch
-        self.loaded = 0  # models read from the disk cache
-        self._model: tuple[Any, Any] | None = None  # (weights fingerprint, ov.Model)
-        self._compiled: dict[tuple, Any] = {}
+        self.converted = 0  # exports from PyTorch
+        self.loaded = 0  # networks read from the disk cache
+        self._model: tuple[Any, Any] | None = None  # (weights fingerprint, loaded network)
+        self._prepared: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._said: set[str] = set()
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.library]
 
     # --- running ------------------------------------------------------------------------
 
     def run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
-        """The network's output at (x, t) in float32, or None (logged once) where OpenVINO
+        """The network's output at (x, t) in float32, or None (logged once) where the engine
         cannot be used and the caller must run PyTorch eager."""
         try:
-            compiled = self._program(x)
+            program = self._program(x)
         except ImportError:
-            self.fall_back("openvino is not installed (pip install openvino)")
+            self.fall_back(f"{self.library} is not installed (pip install {self.library})")
             return None
         except Exception as e:  # noqa: BLE001 - any failure means: run eager, and say why
-            self.fall_back(f"OpenVINO could not prepare the network ({one_line(e)})")
+            self.fall_back(f"{self.label} could not prepare the network ({one_line(e)})")
             return None
-        request = compiled.create_infer_request()  # per call: concurrent requests share nothing
+        sample = x.detach().to("cpu", torch.float32).contiguous()
         timesteps = t.detach().to("cpu", torch.float32).reshape(-1).expand(x.shape[0]).contiguous()
-        request.infer({0: x.detach().to("cpu", torch.float32).contiguous().numpy(), 1: timesteps.numpy()})
-        return torch.from_numpy(request.get_output_tensor(0).data.copy()).to(x.device)
+        return torch.from_numpy(self._infer(program, sample.numpy(), timesteps.numpy())).to(x.device)
 
     def fall_back(self, reason: str) -> None:
         with self._lock:
@@ -109,22 +142,15 @@ class OpenVINOEngine:
         log.warning("running the UNet on PyTorch eager: %s", reason)
 
     def _program(self, x: torch.Tensor):
-        import openvino as ov  # the package is optional; ImportError means: eager
-
+        library = importlib.import_module(self.library)
         fingerprint = self._fingerprint(x)
-        with self._lock:  # one conversion at a time; others wait for its result
+        with self._lock:  # one export at a time; others wait for its result
             if self._model is None or self._model[0] != fingerprint:
-                self._model, self._compiled = (fingerprint, self._read_or_convert(ov, x)), {}
+                self._model, self._prepared = (fingerprint, self._read_or_export(library, x)), {}
             batch = x.shape[0]
-            if batch not in self._compiled:
-                model = self._model[1].clone()
-                model.reshape({0: list(x.shape), 1: [batch]})  # static shapes: the plugin's fastest kernels
-                self._compiled[batch] = ov.Core().compile_model(model, "CPU", {
-                    "INFERENCE_PRECISION_HINT": "f32",  # never a silent bf16 on AVX512-BF16/AMX
-                    "PERFORMANCE_HINT": "LATENCY",
-                    "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                })
-            return self._compiled[batch]
+            if batch not in self._prepared:
+                self._prepared[batch] = self._prepare(library, self._model[1], x)
+            return self._prepared[batch]
 
     def _fingerprint(self, x: torch.Tensor) -> tuple:
         """Cheap identity of the weights and input layout: in-place edits (fine-tuning, EMA
@@ -134,7 +160,7 @@ class OpenVINOEngine:
 
     # --- the disk cache -----------------------------------------------------------------
 
-    def _key(self, ov, x: torch.Tensor) -> str:
+    def _key(self, library, x: torch.Tensor) -> str:
         digest = hashlib.sha256()
         for name, tensor in sorted(self.module.state_dict().items()):
             tensor = tensor.detach().to("cpu")
@@ -143,50 +169,121 @@ class OpenVINOEngine:
         config = getattr(self.module, "config", {})
         digest.update(json.dumps({
             "config": {k: v for k, v in dict(config).items() if not k.startswith("_")},
-            "input": list(x.shape[1:]), "dtype": "fp32", "openvino": ov.__version__, "format": CACHE_FORMAT,
+            "input": list(x.shape[1:]), "dtype": "fp32", "engine": self.library,
+            "version": library.__version__, "format": CACHE_FORMAT,
         }, sort_keys=True, default=str).encode())
         return digest.hexdigest()[:32]
 
-    def _read_or_convert(self, ov, x: torch.Tensor):
-        folder = (self.cache_dir or compiled_cache_dir()) / self._key(ov, x)
+    def _read_or_export(self, library, x: torch.Tensor):
+        folder = (self.cache_dir or compiled_cache_dir()) / self._key(library, x)
         if folder.exists():
             try:
-                model = self._read(ov, folder)
+                self._check(library, folder)
+                model = self._load(library, folder)
                 self.loaded += 1
                 return model
             except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
-                log.warning("cached OpenVINO network %s is unusable (%s); converting it again",
-                            folder.name, one_line(e))
-        model = self._convert(ov, x)
+                log.warning("cached %s network %s is unusable (%s); exporting it again",
+                            self.label, folder.name, one_line(e))
         try:
-            replace_dir_atomically(folder, lambda tmp: self._write(ov, model, tmp))
-        except OSError as e:  # a read-only or full disk costs the next start a conversion, nothing else
-            log.warning("could not cache the OpenVINO network in %s (%s)", folder.parent, one_line(e))
-        return model
+            replace_dir_atomically(folder, lambda tmp: self._export_into(library, x, tmp))
+        except OSError as e:  # a read-only or full disk costs every start an export, nothing else
+            log.warning("could not cache the %s network in %s (%s)", self.label, folder.parent, one_line(e))
+            with tempfile.TemporaryDirectory() as tmp:
+                self._export_into(library, x, Path(tmp) / "network")
+                return self._load(library, Path(tmp) / "network")
+        return self._load(library, folder)
 
-    def _convert(self, ov, x: torch.Tensor):
+    def _export_into(self, library, x: torch.Tensor, folder: Path) -> None:
+        folder.mkdir(parents=True)
         example = (x[:1].detach().to("cpu", torch.float32).contiguous(), torch.ones(1))
         with torch.inference_mode():
-            model = ov.convert_model(_AsModule(self.module, self.forward), example_input=example,
-                                     input=[ov.PartialShape([-1, *x.shape[1:]]), ov.PartialShape([-1])])
+            self._export(library, _AsModule(self.module, self.forward), example, folder)
         self.converted += 1
+        files = sorted(p.name for p in folder.iterdir())
+        write_json(folder / "meta.json", {"format": CACHE_FORMAT, "engine": self.library,
+                                          "version": library.__version__,
+                                          "sha256": {name: file_sha256(folder / name) for name in files}})
+
+    def _check(self, library, folder: Path) -> None:
+        meta = json.loads((folder / "meta.json").read_text())
+        if (meta.get("format"), meta.get("version")) != (CACHE_FORMAT, library.__version__):
+            raise ValueError(f"written by another version ({meta.get('version')}, format {meta.get('format')})")
+        for name, digest in meta["sha256"].items():
+            if file_sha256(folder / name) != digest:
+                raise ValueError(f"its file {name} does not match its recorded SHA-256")
+
+    # --- what each engine says ----------------------------------------------------------
+
+    def _export(self, library, network: torch.nn.Module, example: tuple, folder: Path) -> None:
+        raise NotImplementedError
+
+    def _load(self, library, folder: Path) -> Any:
+        raise NotImplementedError
+
+    def _prepare(self, library, model: Any, x: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def _infer(self, program: Any, sample, timesteps):
+        raise NotImplementedError
+
+
+class OnnxRuntimeEngine(ExportedEngine):
+    """ONNX Runtime's CPU execution provider: one session for every batch size (the batch axis
+    is dynamic in the exported graph); a session's ``run`` is safe to call concurrently."""
+
+    library = "onnxruntime"
+
+    def _export(self, library, network, example, folder) -> None:
+        axes = {"sample": {0: "batch"}, "timestep": {0: "batch"}, "out": {0: "batch"}}
+        # The TorchScript exporter: diffusers' UNets trace with it, and it needs only the onnx package
+        # (the newer exporter also wants onnxscript).
+        torch.onnx.export(network, example, str(folder / "unet.onnx"), input_names=["sample", "timestep"],
+                          output_names=["out"], dynamic_axes=axes, opset_version=17, dynamo=False)
+
+    def _load(self, library, folder):
+        options = library.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.graph_optimization_level = library.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return library.InferenceSession(str(folder / "unet.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def _prepare(self, library, model, x):
         return model
 
-    @staticmethod
-    def _write(ov, model, folder: Path) -> None:
-        folder.mkdir(parents=True)
-        ov.save_model(model, str(folder / "unet.xml"), compress_to_fp16=False)  # fp32 weights, as trained
-        write_json(folder / "meta.json", {"format": CACHE_FORMAT, "openvino": ov.__version__,
-                                          "weights_sha256": file_sha256(folder / "unet.bin")})
+    def _infer(self, program, sample, timesteps):
+        return program.run(None, {"sample": sample, "timestep": timesteps})[0]
 
-    @staticmethod
-    def _read(ov, folder: Path):
-        meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("format") != CACHE_FORMAT or meta.get("openvino") != ov.__version__:
-            raise ValueError(f"written by another version ({meta.get('openvino')}, format {meta.get('format')})")
-        if file_sha256(folder / "unet.bin") != meta["weights_sha256"]:
-            raise ValueError("its weights file does not match its recorded SHA-256")
-        return ov.Core().read_model(str(folder / "unet.xml"))
+
+class OpenVINOEngine(ExportedEngine):
+    """OpenVINO's CPU plugin, compiled per batch size (static shapes: its fastest kernels)."""
+
+    library = "openvino"
+
+    def _export(self, library, network, example, folder) -> None:
+        model = library.convert_model(network, example_input=example,
+                                      input=[library.PartialShape([-1, *example[0].shape[1:]]),
+                                             library.PartialShape([-1])])
+        library.save_model(model, str(folder / "unet.xml"), compress_to_fp16=False)  # fp32 weights, as trained
+
+    def _load(self, library, folder):
+        return library.Core().read_model(str(folder / "unet.xml"))
+
+    def _prepare(self, library, model, x):
+        model = model.clone()
+        model.reshape({0: list(x.shape), 1: [x.shape[0]]})
+        return library.Core().compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32",  # never a silent bf16 on AVX512-BF16/AMX
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        })
+
+    def _infer(self, program, sample, timesteps):
+        request = program.create_infer_request()  # per call: concurrent requests share nothing
+        request.infer({0: sample, 1: timesteps})
+        return request.get_output_tensor(0).data.copy()
+
+
+ENGINES: dict[str, type[ExportedEngine]] = {"onnxruntime": OnnxRuntimeEngine, "openvino": OpenVINOEngine}
 
 
 class _AsModule(torch.nn.Module):

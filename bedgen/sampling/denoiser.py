@@ -13,7 +13,7 @@ of Karras et al. 2022 (EDM, Sec. 5 and Table 1) and k-diffusion's model wrappers
 * :meth:`Denoiser.score`: ∇ₓ log p_σ(x) for σ-conditioned score networks (smld).
 
 Every call goes through :meth:`Denoiser.network`, which owns what a UNet call needs at
-inference: the engine (PyTorch eager, or OpenVINO for fp32 on the CPU: ``backends.py``),
+inference: the engine (PyTorch eager, or ONNX Runtime / OpenVINO for fp32 on the CPU: ``backends.py``),
 autocast to the request's compute dtype, channels_last input (the layout
 ``SharedPlacement`` gives the weights), float32 output. A Denoiser holds the network,
 facts about it and its converted programs only; the placement comes with each call, so
@@ -30,7 +30,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..core.device import Placement
 from ..maths.diffusion import split_prediction
-from .backends import OpenVINOEngine, choose_backend
+from .backends import ENGINES, choose_backend
 from .schedulers import is_score_scheduler
 
 Kind = Literal["vp", "consistency", "score"]
@@ -45,7 +45,8 @@ class Denoiser:
         self.kind: Kind = kind
         self.prediction_type = prediction_type
         self.channels = int(unet.config.in_channels)
-        self.openvino = OpenVINOEngine(unet, self._forward)
+        self.parameters = sum(p.numel() for p in unet.parameters())
+        self.engines = {name: engine(unet, self._forward) for name, engine in ENGINES.items()}
 
     @classmethod
     def for_model(cls, unet: UNet2DModel, training_scheduler: SchedulerMixin) -> "Denoiser":
@@ -60,8 +61,9 @@ class Denoiser:
         unless ``keep_variance``. The only UNet call of bedgen's inference."""
         t = torch.as_tensor(t, device=x.device)
         out = None
-        if choose_backend(placement.backend, placement)[0] == "openvino":
-            out = self.openvino.run(x, t)  # None: it could not, and said why
+        engine = choose_backend(placement.backend, placement, self.parameters)[0]
+        if engine != "eager":
+            out = self.engines[engine].run(x, t)  # None: it could not, and said why
         if out is None:
             with torch.inference_mode(), placement.autocast():
                 out = self._forward(x.contiguous(memory_format=torch.channels_last), t)
@@ -69,7 +71,7 @@ class Denoiser:
         return out if keep_variance else out[:, : self.channels]
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t).sample  # the line every engine runs (OpenVINO converts it)
+        return self.unet(x, t).sample  # the line every engine runs (the others export it)
 
     def scheduler_output(self, scheduler: SchedulerMixin, x: torch.Tensor, t: Any,
                          placement: Placement) -> torch.Tensor:

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from ..core.checks import optional_positive_number, whole_number
-from ..core.device import cpu_has_bf16, cpu_kind
+from ..core.device import cpu_has_bf16, cpu_kind, resolve
 from ..core.errors import BedgenError
 from ..core.hub import parse_hub_ref
+from ..sampling.backends import LABELS, choose_backend
 from ..sampling.pipeline import MAX_SEED
 from ..sampling.schedulers import ALL_SAMPLERS, CONSISTENCY_STEPS
 from ..storage.registry import CPU_DEFAULT_MODEL, CURATED_HUB_MODELS, all_models, local_models
@@ -66,6 +67,9 @@ def machine_note(settings: AppSettings) -> str:
     if torch.cuda.is_available():
         return ""
     bf16 = "native bf16" if cpu_has_bf16() else "no native bf16, so fp32"
+    engine = choose_backend(None, resolve("auto", "auto"))[0]  # what a large network runs on here
+    if engine != "eager":
+        bf16 += f" on {LABELS[engine]}"
     head = f"No GPU here ({cpu_kind()} CPU, {bf16}): every step is one network evaluation, so "
     if settings.default_model == CPU_DEFAULT_MODEL:
         return head + (f"the tab opens on a consistency model at {CONSISTENCY_STEPS} steps: published FID 5.22 on "
