@@ -205,9 +205,18 @@ def test_auto_runs_a_large_network_on_onnx_runtime_and_a_small_one_eager(tmp_pat
     out = large.network(x, 5, auto)
     assert large.engines["onnxruntime"].converted == 1 and len(folders(tmp_path)) == 1
     assert (out - large.network(x, 5, EAGER)).abs().max() < ATOL
+    assert large.describe(auto) == f"{auto.describe()}; on ONNX Runtime"  # what the status line says
     small = denoiser(*_tiny(), tmp_path)
     small.network(x, 5, auto)
     assert small.engines["onnxruntime"].converted == 0 and len(folders(tmp_path)) == 1
+    assert small.describe(auto) == auto.describe()
+
+
+def test_a_fall_back_is_not_reported_as_the_engine(model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    d = denoiser(*model, tmp_path)
+    d.network(torch.randn(1, 3, 8, 8), 5, on("onnxruntime"))
+    assert d.describe(on("onnxruntime")) == CPU.describe()
 
 
 def _tiny():

@@ -117,6 +117,11 @@ class ExportedEngine:
     def label(self) -> str:
         return LABELS[self.library]
 
+    @property
+    def ready(self) -> bool:
+        """Whether a network is exported and loaded (what the last call ran on, unless it fell back)."""
+        return self._model is not None
+
     # --- running ------------------------------------------------------------------------
 
     def run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:

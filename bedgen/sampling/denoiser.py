@@ -56,6 +56,14 @@ class Denoiser:
         kind: Kind = "consistency" if isinstance(training_scheduler, CMStochasticIterativeScheduler) else "vp"
         return cls(unet, kind, training_scheduler.config.get("prediction_type", "epsilon"))
 
+    def describe(self, placement: Placement) -> str:
+        """``placement.describe()``, and the engine that ran the network where it is not PyTorch:
+        only once that engine is ready, so a fall-back to eager is never reported as the engine."""
+        engine = choose_backend(placement.backend, placement, self.parameters)[0]
+        if engine != "eager" and self.engines[engine].ready:
+            return f"{placement.describe()}; on {self.engines[engine].label}"
+        return placement.describe()
+
     def network(self, x: torch.Tensor, t: Any, placement: Placement, keep_variance: bool = False) -> torch.Tensor:
         """The network's output at (x, t) in float32; a learned variance half is dropped
         unless ``keep_variance``. The only UNet call of bedgen's inference."""

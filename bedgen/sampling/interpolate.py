@@ -182,7 +182,7 @@ def interpolate(
             timestep=timestep,
             steps=used_steps,
             seed=seed,
-            placement=placement.describe(),
+            placement=placement.describe() if vae else pipe.denoiser.describe(placement),
             seconds=time.perf_counter() - start,
             evaluations=runner.evaluations if runner is not None else 1,
             notes=notes,

@@ -231,7 +231,7 @@ class Pipeline:
             seeds=seeds,
             sampler=sampler,
             steps=steps,
-            placement=placement.describe(),
+            placement=self.denoiser.describe(placement),
             seconds=time.perf_counter() - start,
             trajectory=trajectory if trajectory_every else None,
         )
