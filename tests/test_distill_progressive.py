@@ -127,17 +127,25 @@ def test_at_each_stage_boundary_the_teacher_becomes_the_student(root, teacher, r
     assert pipe.info.family == "progressive" and pipe.default_steps == 1 and pipe.default_sampler == "ddim"
 
 
-def test_a_resumed_distillation_gives_the_weights_of_an_uninterrupted_one(root, teacher, rooms):
-    """Stopped in the middle of stage 1 (its teacher a student copy, saved in the checkpoint)."""
-    whole = Trainer(_config(teacher, rooms, 6), root / "whole", progress=False)
-    whole.train()
-    config = _config(teacher, rooms, 6, **{"train.checkpoint_every": 3})
-    first = Trainer(config, root / "halves", progress=False,
+@pytest.fixture(scope="module")
+def whole(root, teacher, rooms) -> Trainer:
+    trainer = Trainer(_config(teacher, rooms, 6), root / "whole", progress=False)
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("stop, teacher_stage", [(3, 1), (2, 0)])
+def test_a_resumed_distillation_gives_the_weights_of_an_uninterrupted_one(root, teacher, rooms, whole, stop,
+                                                                          teacher_stage):
+    """Stopped in the middle of stage 1 (its teacher a student copy, saved in the checkpoint), or
+    at the boundary of stages 0 and 1 (the swap not yet made: it is made on resuming)."""
+    config = _config(teacher, rooms, 6, **{"train.checkpoint_every": stop})
+    first = Trainer(config, root / f"halves-{stop}", progress=False,
                     on_event=lambda e: e.get("event") == "checkpoint" and first.request_stop())
     first.train()
-    assert first.state.step == 3
-    resumed = Trainer(config, root / "halves", resume=True, progress=False)
-    assert (resumed.family.steps_done, resumed.family.teacher_stage) == (3, 1)
+    assert first.state.step == stop
+    resumed = Trainer(config, root / f"halves-{stop}", resume=True, progress=False)
+    assert (resumed.family.steps_done, resumed.family.teacher_stage) == (stop, teacher_stage)
     resumed.train()
     for a, b in zip(whole.ema_model().parameters(), resumed.ema_model().parameters()):
         assert torch.equal(a, b)
