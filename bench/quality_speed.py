@@ -1,7 +1,8 @@
-"""Quality vs speed: a teacher DDPM under DDIM, DPM-Solver++ and UniPC against its consistency-distilled student.
+"""Quality vs speed: a teacher DDPM under DDIM, DPM-Solver++ and UniPC against its distilled student.
 
     python bench/quality_speed.py [--resolution 32] [--images 2000] [--teacher-steps N] [--student-steps N]
                                   [--samples N] [--batch 50] [--out FOLDER] [--teacher REF] [--student REF]
+                                  [--method consistency|progressive] [--start-steps 64]
                                   [--inception-weights PATH] [--quick]
 
 End to end with bedgen's own code: draws --images procedural bedroom-like rooms (tests/synthetic.py),
@@ -9,7 +10,9 @@ trains a teacher with `bedgen train --preset tiny`, distils a student with `bedg
 reference statistics of the same images (bedgen.evaluation.metrics.compute_reference_stats), then
 evaluates every row with bedgen.evaluation.metrics.evaluate: the teacher with ddim, dpmsolver++ and
 unipc at 1, 2, 4, 10, 20, 50 network evaluations (each of these samplers makes one UNet evaluation
-per step), the student with the consistency sampler at 1, 2, 4 steps (one evaluation per step).
+per step), the student at 1, 2, 4 steps (one evaluation per step) with the sampler of its --method:
+consistency distillation's consistency sampler, or DDIM for progressive distillation (from
+--start-steps teacher DDIM steps down to 1); the student rows name the method.
 Every row uses the same --samples seeds (image i from seed i), and also reports the Fréchet
 distance of 8 x 8 block means of the images (pixel FD, bedgen's Fréchet distance on features no
 network learns: meaningful where the Inception weights are random). Seconds per image is the sampling
@@ -61,7 +64,12 @@ RANDOM_LABEL = "FID on random-Inception features (real weights unavailable): com
 # --quick's FID uses Inception's 64-dim features: 4 samples say nothing in 2048 dims, and the 2048 x 2048
 # matrix square root took half the smoke run's time.
 QUICK = {"resolution": 16, "images": 32, "teacher_steps": 2, "student_steps": 2, "samples": 4, "batch": 4,
-         "feature_layer": "64"}
+         "feature_layer": "64", "start_steps": 4}
+STUDENT_SAMPLER = {"consistency": "consistency", "progressive": "ddim"}  # each method's student's sampler
+
+
+def student_label(method: str) -> str:
+    return f"{method} student"
 
 
 def describe_machine() -> str:
@@ -112,8 +120,12 @@ def teacher_run(args: argparse.Namespace, data: Path, out: Path) -> str:
 
 def student_run(args: argparse.Namespace, teacher: str, data: Path, out: Path) -> str:
     steps = str(args.student_steps)
+    method = ["--method", args.method]
+    if args.method == "progressive":
+        method += ["--set", f"distill.start_steps={args.start_steps}"]
+    folder = "student" if args.method == "consistency" else f"student-{args.method}"  # earlier runs are reused
     return args.student or run_once(
-        out / "student", "student", "distill", "--teacher", teacher, "--data", str(data),
+        out / folder, student_label(args.method), "distill", "--teacher", teacher, "--data", str(data), *method,
         "--max-steps", steps, "--checkpoint-every", steps, "--preview-every", steps)
 
 
@@ -170,8 +182,8 @@ def find(rows: list[dict], model: str, sampler: str, nfe: int) -> dict | None:
                  and "skipped" not in r), None)
 
 
-def ratio_lines(rows: list[dict]) -> list[str]:
-    student2 = find(rows, "student", "consistency", 2)
+def ratio_lines(rows: list[dict], method: str) -> list[str]:
+    student2 = find(rows, student_label(method), STUDENT_SAMPLER[method], 2)
     dpm20 = find(rows, "teacher", "dpmsolver++", 20)
     dpm2 = find(rows, "teacher", "dpmsolver++", 2)
     if not (student2 and dpm20 and dpm2):
@@ -202,6 +214,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=50, help="images per sampling batch")
     parser.add_argument("--teacher", default=None, help="an existing teacher run (skips training)")
     parser.add_argument("--student", default=None, help="an existing student run (skips distillation)")
+    parser.add_argument("--method", default="consistency", choices=tuple(STUDENT_SAMPLER),
+                        help="how the student is distilled (bedgen distill --method)")
+    parser.add_argument("--start-steps", type=int, default=64,
+                        help="progressive: the teacher's DDIM steps the first stage halves (down to 1)")
     parser.add_argument("--inception-weights", type=Path, default=None,
                         help="torch-fidelity Inception weights (default: seeded random weights, labelled)")
     parser.add_argument("--feature-layer", default="2048", choices=FEATURE_LAYERS,
@@ -241,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     teacher_nfe = QUICK_TEACHER_NFE if args.quick else TEACHER_NFE
     pixels = pixel_statistics(Image.open(path) for path in sorted(data.glob("*.png")))
     rows = rows_for(teacher, TEACHER_SAMPLERS, teacher_nfe, reference, pixels, inception, args, "teacher")
-    rows += rows_for(student, ("consistency",), STUDENT_NFE, reference, pixels, inception, args, "student")
+    rows += rows_for(student, (STUDENT_SAMPLER[args.method],), STUDENT_NFE, reference, pixels, inception, args,
+                     student_label(args.method))
 
     fid_head = "FID (random Inception)" if label else "FID"
     print()
@@ -257,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         print(format_row(row))
     print()
-    for line in ratio_lines(rows):
+    for line in ratio_lines(rows, args.method):
         print(f"- {line}")
     print(f"\nload average at end: {load_average()}; wall time {time.perf_counter() - started:.0f} s")
     if scratch is not None:

@@ -266,13 +266,14 @@ def test_finetune_model_outside_the_checkpoints_is_refused(train_app, escape):
     assert "No run" in _status(app) or "stopped" in _status(app)
 
 
+@pytest.mark.parametrize("endpoint", ["distill_start", "distill_progressive_start"])
 @pytest.mark.parametrize("escape", ESCAPES)
-def test_distill_teacher_outside_the_checkpoints_is_refused(train_app, escape):
-    """Finding 3 for the distil mode: its teacher is checked like the fine-tune model."""
+def test_distill_teacher_outside_the_checkpoints_is_refused(train_app, escape, endpoint):
+    """Finding 3 for the distil mode (both methods): its teacher is checked like the fine-tune model."""
     app, root = train_app
-    run = "cd-" + escape.replace("/", "-")
+    run = {"distill_start": "cd-", "distill_progressive_start": "pd-"}[endpoint] + escape.replace("/", "-")
     data = str(root / "data" / "my-style")
-    expect_error(call(app, "distill_start", [escape, data, 2, 2, 1e-4, run]), "checkpoints folder")
+    expect_error(call(app, endpoint, [escape, data, 2, 2, 1e-4, run]), "checkpoints folder")
     _nothing_started(root, run)
     assert "No run" in _status(app) or "stopped" in _status(app)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "quality_speed.py"
-ROWS = ([("teacher", sampler, nfe) for sampler in ("ddim", "dpmsolver++", "unipc") for nfe in (1, 2, 20)]
-        + [("student", "consistency", nfe) for nfe in (1, 2, 4)])
+TEACHER_ROWS = [("teacher", sampler, nfe) for sampler in ("ddim", "dpmsolver++", "unipc") for nfe in (1, 2, 20)]
+STUDENT_SAMPLER = {"consistency": "consistency", "progressive": "ddim"}
 LABEL = "FID on random-Inception features (real weights unavailable): comparable within this table only"
 
 
@@ -31,12 +31,15 @@ def table(stdout: str) -> dict[tuple[str, str, int], list[str]]:
 
 
 @pytest.mark.slow
-def test_quick_run_prints_every_row_with_a_finite_fid_and_a_positive_time(tmp_path):
-    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)], capture_output=True,
-                         text=True, timeout=1200, env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
+@pytest.mark.parametrize("method", list(STUDENT_SAMPLER))
+def test_quick_run_prints_every_row_with_a_finite_fid_and_a_positive_time(tmp_path, method):
+    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--method", method, "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=1200,
+                         env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = table(run.stdout)
-    assert list(rows) == ROWS, run.stdout
+    student = [(f"{method} student", STUDENT_SAMPLER[method], nfe) for nfe in (1, 2, 4)]
+    assert list(rows) == TEACHER_ROWS + student, run.stdout
     for key, (fid, kid, pixel_fd, seconds) in rows.items():
         assert math.isfinite(float(fid)) and float(pixel_fd) >= 0, (key, fid, pixel_fd)
         assert float(seconds) > 0, (key, seconds)

@@ -480,6 +480,7 @@ def _baselines(root: Path, files: dict[str, Path]) -> dict[str, list]:
         "/train_start": [str(root / "data" / "rooms"), "tiny", 16, 2, 4, 1e-3, "adamw", "fuzz-run", ""],
         "/finetune_start": [model, str(root / "data" / "rooms"), 1.0, 2, 2, 2, 1e-4, "fuzz-ft"],
         "/distill_start": [model, str(root / "data" / "rooms"), 2, 2, 2e-5, "fuzz-distill"],
+        "/distill_progressive_start": [model, str(root / "data" / "rooms"), 8, 2, 2e-5, "fuzz-distill-pd"],
         "/push_to_hub": ["alice/fuzz", True],  # no token on this server: refused before any upload
     }
 

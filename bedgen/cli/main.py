@@ -260,7 +260,7 @@ def train_config_from_args(args: argparse.Namespace):
     elif getattr(args, "command", None) == "distill":
         from ..training.distill import distill_config
 
-        base = distill_config(args.teacher)
+        base = distill_config(args.teacher, args.method or str(changes.get("distill.method", "consistency")))
     else:
         base = preset(args.preset)
     config = override(base, changes)
@@ -317,15 +317,21 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     from ..training.distill import DEFAULT_LR, DEFAULT_STEPS
 
     p = sub.add_parser(
-        "distill", help="distil a diffusion model into a 1-4-step consistency model",
-        description="Consistency distillation (Song et al. 2023): trains a student that samples in 1-4 steps from a "
-                    "ddpm, iddpm or ldm teacher (a run, a checkpoint or a Hub DDPM) with the one trainer. The student "
-                    "starts from the teacher's weights and is a diffusers ConsistencyModelPipeline; sample it with "
-                    "bedgen sample --model OUT --steps 1 (or 2, 4).",
+        "distill", help="distil a diffusion model into a 1-4-step student (consistency or progressive)",
+        description="Trains a student that samples in 1-4 steps from a ddpm, iddpm or ldm teacher (a run, a "
+                    "checkpoint or a Hub DDPM) with the one trainer; the student starts from the teacher's weights. "
+                    "--method consistency (Song et al. 2023): a diffusers ConsistencyModelPipeline; sample it with "
+                    "bedgen sample --model OUT --steps 1 (or 2, 4). --method progressive (Salimans & Ho 2022): "
+                    "halves a DDIM sampler's steps stage by stage from distill.start_steps (64) to "
+                    "distill.final_steps (1), the run's steps shared equally between the stages; a diffusers "
+                    "DDIMPipeline that samples in final_steps steps by default.",
     )
     p.add_argument("--teacher", help="the diffusion model to distil (run folder, checkpoint or Hub id)")
+    p.add_argument("--method", choices=("consistency", "progressive"), default=None,
+                   help="consistency distillation or progressive distillation (default: consistency)")
     p.add_argument("--data", help="the teacher's training images (or any images of the same kind)")
-    _add_run_arguments(p, "--set distill.num_scales=40 --set distill.solver=euler",
+    _add_run_arguments(p, "--set distill.num_scales=40 --set distill.solver=euler (consistency) or "
+                          "--set distill.start_steps=32 --set distill.final_steps=2 (progressive)",
                        "the teacher's, unless the note at the end says otherwise")
     p.epilog = (f"note: a distillation runs {DEFAULT_STEPS} steps at a constant learning rate of {DEFAULT_LR:g} "
                 "without warm-up or validation; everything else defaults to the teacher's config")

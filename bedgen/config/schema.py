@@ -20,7 +20,9 @@ Square = Literal["crop", "pad-white"]
 Split = Literal["train", "validation"]
 SQUARES: tuple[str, ...] = ("crop", "pad-white")
 
-Family = Literal["ddpm", "iddpm", "ldm", "smld", "vae", "consistency"]
+Family = Literal["ddpm", "iddpm", "ldm", "smld", "vae", "consistency", "progressive"]
+DistillMethod = Literal["consistency", "progressive"]
+DISTILL_METHODS = ("consistency", "progressive")  # each is also the family that trains it
 # Choices are Literals, not booleans (improved-diffusion's ModelMeanType / ModelVarType).
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
@@ -265,10 +267,17 @@ class FinetuneConfig:
 
 @dataclass
 class DistillConfig:
-    """Consistency distillation of a diffusion teacher (``family = "consistency"``,
-    ``bedgen.families.consistency``): Song et al. 2023, Alg. 2, in the parameterisation of their App. C."""
+    """Distillation of a diffusion teacher into a few-step student. ``method`` picks the family:
+    ``consistency`` (``bedgen.families.consistency``): Song et al. 2023, Alg. 2, in the
+    parameterisation of their App. C; ``progressive`` (``bedgen.families.progressive``): Salimans &
+    Ho 2022, Alg. 2, halving a DDIM sampler's steps from ``start_steps`` to ``final_steps``."""
 
     teacher: str | None = None  # REF of the ddpm / iddpm / ldm teacher (local folder or Hub id)
+    method: DistillMethod = "consistency"
+    # Progressive: the teacher's DDIM steps the first stage halves, and the student's final steps;
+    # log2(start / final) stages share the run's steps equally (the paper started at 1024-8192).
+    start_steps: int = 64
+    final_steps: int = 1
     # N, the points of the Karras σ grid the teacher's ODE is cut into (the paper: 18 for
     # CIFAR-10, 40 for ImageNet 64 and LSUN 256).
     num_scales: int = 18
@@ -286,6 +295,17 @@ class DistillConfig:
         real_number("distill.rho", self.rho, 1e-3)
         if self.sigma_max is not None:
             real_number("distill.sigma_max", self.sigma_max, self.sigma_min, low_open=True)
+        if self.method not in DISTILL_METHODS:
+            raise BedgenError(f"distill.method must be one of {', '.join(DISTILL_METHODS)}, not {self.method!r}")
+        whole_number("distill.final_steps", self.final_steps, 1, 1 << 20)
+        whole_number("distill.start_steps", self.start_steps, 2, 1 << 20)
+        if self.start_steps <= self.final_steps:
+            raise BedgenError(f"distill.start_steps ({self.start_steps}) must exceed distill.final_steps "
+                              f"({self.final_steps}): each stage halves the steps")
+        ratio, rest = divmod(self.start_steps, self.final_steps)
+        if rest or ratio & (ratio - 1):
+            raise BedgenError(f"distill.start_steps / distill.final_steps ({self.start_steps} / {self.final_steps}) "
+                              "must be a power of two: each stage halves the steps")
 
 
 @dataclass
@@ -359,6 +379,9 @@ class BedgenConfig:
         self.train.validate()
         self.finetune.validate()
         self.distill.validate()
+        if self.family in DISTILL_METHODS and self.distill.method != self.family:
+            raise BedgenError(f"a {self.family} student is made with distill.method={self.family}, not "
+                              f"{self.distill.method}: use bedgen distill --method {self.distill.method}")
         if self.family == "vae":
             self._validate_autoencoder()
             return

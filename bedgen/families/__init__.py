@@ -11,13 +11,16 @@ from ..core.errors import BedgenError
 from .consistency import ConsistencyDistillationFamily
 from .ddpm import DiffusionFamily
 from .ldm import LatentDiffusionFamily
+from .progressive import ProgressiveDistillationFamily
 from .smld import ScoreFamily
 from .vae import AutoencoderFamily
 
-Family = DiffusionFamily | ScoreFamily | AutoencoderFamily | ConsistencyDistillationFamily
+Family = (DiffusionFamily | ScoreFamily | AutoencoderFamily | ConsistencyDistillationFamily
+          | ProgressiveDistillationFamily)
 FAMILIES: dict[str, type[Family]] = {
     "ddpm": DiffusionFamily, "iddpm": DiffusionFamily, "ldm": LatentDiffusionFamily, "smld": ScoreFamily,
     "vae": AutoencoderFamily, "consistency": ConsistencyDistillationFamily,
+    "progressive": ProgressiveDistillationFamily,
 }
 
 
@@ -30,6 +33,7 @@ def get_family(config: BedgenConfig) -> Family:
 
 
 __all__ = [
-    "AutoencoderFamily", "ConsistencyDistillationFamily", "DiffusionFamily", "FAMILIES", "Family", "LatentDiffusionFamily", "ScoreFamily",
+    "AutoencoderFamily", "ConsistencyDistillationFamily", "DiffusionFamily", "FAMILIES", "Family", "LatentDiffusionFamily",
+    "ProgressiveDistillationFamily", "ScoreFamily",
     "get_family",
 ]

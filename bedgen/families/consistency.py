@@ -14,10 +14,11 @@ probability-flow ODE one step down to σ_n (Heun or Euler, in VE coordinates:
 pseudo-Huber metric. θ⁻ is θ without gradient (μ = 0): Song & Dhariwal 2023 (Sec. 3.2) show the
 EMA target of the original paper is not needed; the trainer's EMA still makes the saved weights.
 
-Why consistency distillation rather than progressive distillation (Salimans & Ho 2022): one
-training phase gives a student for every step count 1-N (progressive distillation needs
-log₂(N/k) phases, one per halving, each a full training), and it keeps diffusers' consistency
-layout, which the app, ``bedgen sample --steps 1|2|4`` and diffusers already load.
+Consistency distillation against progressive distillation (Salimans & Ho 2022,
+``bedgen.families.progressive``, ``bedgen distill --method progressive``): one training phase gives
+a student for every step count 1-N, where progressive distillation needs log₂(N/k) stages, one per
+halving, and makes a student for k steps; progressive distillation keeps the teacher's own
+parameterisation and a plain DDIM sampler.
 """
 
 from __future__ import annotations
@@ -31,26 +32,19 @@ from ..config.schema import BedgenConfig
 from ..core.errors import BedgenError
 from ..maths import consistency as cm
 from ..maths.diffusion import Schedule, split_prediction
-from .base import UNetFamily
+from .teacher import TeacherFamily
 
 MAX_SIGMA = 80.0  # EDM's and the consistency paper's σ_max; a VP teacher's last σ is often larger
 
 
-class ConsistencyDistillationFamily(UNetFamily):
+class ConsistencyDistillationFamily(TeacherFamily):
     """Trains f_θ to agree with itself across one teacher ODE step."""
 
-    def __init__(self, config: BedgenConfig):
-        from ..sampling.pipeline import Pipeline
+    student = "consistency model"
 
-        self.config = config
+    def __init__(self, config: BedgenConfig):
+        super().__init__(config)
         d = config.distill
-        if not (d.teacher or "").strip():
-            raise BedgenError("a consistency model is distilled from a teacher: bedgen distill --teacher REF "
-                              "(a ddpm, iddpm or ldm checkpoint, or a Hub DDPM)")
-        self.teacher = Pipeline.from_ref(d.teacher)
-        if self.teacher.denoiser.kind != "vp":
-            raise BedgenError(f"'{d.teacher}' is a {self.teacher.info.family} model; the teacher must be a "
-                              "diffusion model (ddpm, iddpm or ldm) with a β schedule")
         self.table = cm.vp_sigmas(Schedule.from_scheduler(self.teacher.training_scheduler).alphas_cumprod)
         self.scheduler = self._student_scheduler()
         self.sigmas = cm.karras_sigmas(d.sigma_min, self.scheduler.config.sigma_max, d.num_scales, d.rho)
@@ -74,14 +68,6 @@ class ConsistencyDistillationFamily(UNetFamily):
 
     def training_scheduler(self) -> CMStochasticIterativeScheduler:
         return self.scheduler
-
-    def autoencoder(self) -> torch.nn.Module | None:
-        return self.teacher.autoencoder  # a latent teacher's first stage decodes the student too
-
-    def inputs(self, images: torch.Tensor, generator: torch.Generator, flip: torch.Tensor | None = None,
-               indices: torch.Tensor | None = None) -> torch.Tensor:
-        x = super().inputs(images, generator, flip)
-        return self.teacher.encode(x).clone() if self.teacher.autoencoder is not None else x
 
     def loss(self, model: torch.nn.Module, x0: torch.Tensor,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,9 +101,7 @@ class ConsistencyDistillationFamily(UNetFamily):
 
     def teacher_split(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's (x̂_0, ε̂) at the VE state (x, σ): asked at its VP point and timestep."""
-        unet = self.teacher.unet
-        if next(unet.parameters()).device != x.device:
-            unet.to(x.device)
+        unet = self.teacher_network(x.device)
         abar = (1 / (1 + sigma**2)).view(-1, 1, 1, 1)
         x_vp = cm.ve_to_vp(x, sigma)
         out = unet(x_vp, cm.timestep_of_sigma(sigma, self.table)).sample.float()[:, : x.shape[1]]

@@ -24,6 +24,7 @@ FAMILY_TEXT = {
     "smld": "score-based model trained by denoising score matching (Song & Ermon 2019)",
     "vae": "variational autoencoder (Kingma & Welling 2013)",
     "consistency": "consistency model (Song et al. 2023)",
+    "progressive": "progressively distilled diffusion model (Salimans & Ho 2022)",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -136,11 +137,18 @@ def _intro(inputs: CardInputs) -> str:
         f"An unconditional {kind} of bedroom scenes at {inputs.resolution}×{inputs.resolution} px, "
         f"trained with bedgen{preset}.",
     ]
-    teacher = (config.get("distill") or {}).get("teacher") if inputs.family == "consistency" else None
-    if teacher:
+    distill = config.get("distill") or {}
+    teacher = distill.get("teacher") if inputs.family in ("consistency", "progressive") else None
+    if teacher and inputs.family == "consistency":
         lines.append(f"It was distilled from the diffusion model `{teacher}` by consistency distillation "
                      "(Song et al. 2023) and samples in 1-4 steps (`bedgen sample --steps 2`, or diffusers' "
                      "`ConsistencyModelPipeline`).")
+    elif teacher:
+        steps = distill.get("final_steps", 1)
+        lines.append(f"It was distilled from the diffusion model `{teacher}` by progressive distillation "
+                     f"(Salimans & Ho 2022, from {distill.get('start_steps')} DDIM steps) and samples in {steps} "
+                     f"DDIM step{'s' if steps != 1 else ''} (`bedgen sample --steps {steps}`, or diffusers' "
+                     "`DDIMPipeline` / `LDMPipeline`).")
     training = inputs.description.get("training") or {}
     if training.get("step") is not None:
         lines.append(f"This is the EMA checkpoint of step {training['step']}"

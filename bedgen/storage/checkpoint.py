@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 import torch
 from diffusers import (
-    CMStochasticIterativeScheduler, ConsistencyModelPipeline, DDPMPipeline, LDMPipeline, ScoreSdeVePipeline,
-    ScoreSdeVeScheduler, UNet2DModel,
+    CMStochasticIterativeScheduler, ConsistencyModelPipeline, DDIMPipeline, DDIMScheduler, DDPMPipeline, LDMPipeline,
+    ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
@@ -131,6 +131,8 @@ def pipeline_class(training_scheduler: SchedulerMixin) -> type:
         return ScoreSdeVePipeline
     if isinstance(training_scheduler, CMStochasticIterativeScheduler):
         return ConsistencyModelPipeline
+    if isinstance(training_scheduler, DDIMScheduler):  # a progressive-distillation student
+        return DDIMPipeline
     return DDPMPipeline
 
 

@@ -22,7 +22,8 @@ class ModelEntry:
     ref: str
     source: str  # "local" | "hub"
     description: str
-    family: str = ""  # ddpm, iddpm, ldm, smld, vae, consistency; "" where unknown before loading
+    family: str = ""  # ddpm, iddpm, ldm, smld, vae, consistency, progressive; "" where unknown before loading
+    steps: int | None = None  # a distilled student's own step count, where its bedgen.json says it
 
 
 # Unconditional LSUN-Bedroom models on the Hub that bedgen can load and sample.
@@ -52,7 +53,7 @@ def local_models(root: Path | None = None) -> list[ModelEntry]:
 
 
 # A foreign diffusers folder's family, from the pipeline class its model_index.json names.
-PIPELINE_FAMILIES = {"DDPMPipeline": "ddpm", "LDMPipeline": "ldm", "ScoreSdeVePipeline": "smld",
+PIPELINE_FAMILIES = {"DDPMPipeline": "ddpm", "DDIMPipeline": "ddpm", "LDMPipeline": "ldm", "ScoreSdeVePipeline": "smld",
                      "ConsistencyModelPipeline": "consistency"}
 
 
@@ -66,7 +67,9 @@ def _local_entry(path: Path) -> ModelEntry:
         return ModelEntry(str(path), "local", "diffusers checkpoint", PIPELINE_FAMILIES.get(pipeline, ""))
     config, family = info.get("config", {}), str(info.get("family", ""))
     description = f"{family or '?'} · preset {info.get('preset', '?')} · {config.get('resolution', '?')} px"
-    return ModelEntry(str(path), "local", description, family)
+    # A progressive student is trained for its final step count (bedgen.families.progressive).
+    steps = (config.get("sampling") or {}).get("steps") if family == "progressive" else None
+    return ModelEntry(str(path), "local", description, family, steps)
 
 
 def students_of(teacher: str, root: Path | None = None) -> list[str]:

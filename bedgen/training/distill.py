@@ -1,4 +1,7 @@
-"""``bedgen distill``: the config of a consistency student of a teacher; the one trainer runs it.
+"""``bedgen distill``: the config of a few-step student of a teacher; the one trainer runs it.
+
+Two methods, each a family: ``consistency`` (Song et al. 2023; bedgen.families.consistency) and
+``progressive`` (Salimans & Ho 2022; bedgen.families.progressive).
 
 The student inherits what the teacher was trained with (resolution, data squaring, flips,
 optimiser, EMA), so ``bedgen distill --teacher RUN --data SAME_DATA`` needs no other flag;
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import copy
 
-from ..config.schema import BedgenConfig, preset
+from ..config.schema import DISTILL_METHODS, BedgenConfig, preset
 from ..core.errors import BedgenError
 
 DEFAULT_STEPS = 2000
@@ -21,27 +24,37 @@ DEFAULT_STEPS = 2000
 DEFAULT_LR = 1e-4
 
 
-def distill_config(teacher: str) -> BedgenConfig:
-    """The student's config before the command line's flags: the teacher's, made a consistency run."""
+def distill_config(teacher: str, method: str = "consistency") -> BedgenConfig:
+    """The student's config before the command line's flags: the teacher's, made a ``method`` run."""
     from ..sampling.pipeline import Pipeline
     from ..sampling.schedulers import CONSISTENCY_STEPS
 
+    if method not in DISTILL_METHODS:
+        raise BedgenError(f"unknown distillation method '{method}'; choose one of {', '.join(DISTILL_METHODS)}")
     if not str(teacher or "").strip():
         raise BedgenError("give --teacher: the diffusion model to distil (a run folder, checkpoint or Hub DDPM)")
     pipe = Pipeline.from_ref(teacher)
     if pipe.info.family not in ("ddpm", "iddpm", "ldm"):
         raise BedgenError(f"'{teacher}' is a {pipe.info.family} model; distil a ddpm, iddpm or ldm model")
     config = copy.deepcopy(pipe.info.config) if pipe.info.config is not None else preset("tiny")
-    config.family, config.preset, config.resolution = "consistency", f"consistency-of-{config.preset}", pipe.resolution
+    config.family, config.preset, config.resolution = method, f"{method}-of-{config.preset}", pipe.resolution
     config.in_channels = int(pipe.unet.config.in_channels)
-    config.distill.teacher = teacher
+    config.distill.teacher, config.distill.method = teacher, method
     config.finetune = type(config.finetune)()
-    config.latent.cache = False  # the teacher's own first stage encodes (bedgen.families.consistency)
-    config.sampling.scheduler, config.sampling.steps = "consistency", CONSISTENCY_STEPS
+    config.latent.cache = False  # the teacher's own first stage encodes (bedgen.families.teacher)
     t = config.train
     t.max_steps, t.epochs, t.lr, t.lr_schedule = DEFAULT_STEPS, None, DEFAULT_LR, "constant"
     t.warmup_steps = 0
     t.validate_every, t.early_stop_patience = 0, 0
+    if method == "consistency":
+        config.sampling.scheduler, config.sampling.steps = "consistency", CONSISTENCY_STEPS
+    else:
+        # DDIM steps (the family sets them to distill.final_steps); the raw weights are saved, since one
+        # EMA over the run would mix the stages' students (bedgen.families.progressive); DDIM reads no
+        # learned variance, and the student has none (its network keeps the ε/v half only).
+        config.sampling.scheduler, config.sampling.steps = "ddim", config.distill.final_steps
+        t.ema_decay = 0.0
+        config.diffusion.variance_type, config.diffusion.loss_type = "fixed_small", "mse"
     return config
 
 

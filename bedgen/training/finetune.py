@@ -109,6 +109,9 @@ def source_config(model: str) -> BedgenConfig:
     config = BedgenConfig.from_dict(description["config"])
     if config.family == "consistency":
         raise BedgenError("consistency models cannot be fine-tuned by bedgen (no consistency training loss)")
+    if config.family == "progressive":
+        raise BedgenError("progressive-distillation students cannot be fine-tuned by bedgen (their loss needs "
+                          "the teacher's DDIM steps, not images)")
     return config
 
 

@@ -59,6 +59,8 @@ def describe_model(ref: str, settings: AppSettings) -> str:
 def default_steps_for(ref: str, settings: AppSettings) -> int:
     """The step count the tab proposes for a model, known before it loads (from its family)."""
     entry = next((e for e in all_models(settings.checkpoints, settings.hub_models) if e.ref == ref), None)
+    if entry is not None and entry.steps:
+        return entry.steps
     return CONSISTENCY_STEPS if entry is not None and entry.family == "consistency" else DIFFUSION_STEPS
 
 

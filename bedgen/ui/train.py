@@ -92,7 +92,8 @@ class FinetuneJob:
 
 @dataclass
 class DistillJob:
-    """The Train tab's distil mode: ``bedgen distill``, a 1-4-step consistency student of a teacher."""
+    """The Train tab's distil mode: ``bedgen distill``, a 1-4-step student of a teacher, by consistency
+    or progressive distillation."""
 
     teacher: str
     data: str
@@ -100,11 +101,12 @@ class DistillJob:
     batch_size: int
     lr: float
     run_name: str
+    method: str = "consistency"
 
     def command(self, run_dir: Path, settings: AppSettings) -> list[str]:
         every = str(max(1, min(500, self.max_steps // 4)))
         return [
-            "distill", "--teacher", self.teacher, "--data", self.data, "--out", str(run_dir),
+            "distill", "--method", self.method, "--teacher", self.teacher, "--data", self.data, "--out", str(run_dir),
             "--max-steps", str(self.max_steps), "--batch-size", str(self.batch_size), "--lr", repr(self.lr),
             "--checkpoint-every", every, "--preview-every", every,
         ]
@@ -216,13 +218,14 @@ def check_finetune_request(settings: AppSettings, model: Any, instance_data: Any
 
 
 def check_distill_request(settings: AppSettings, teacher: Any, data: Any, max_steps: Any, batch_size: Any,
-                          lr: Any, run_name: Any) -> DistillJob:
+                          lr: Any, run_name: Any, method: str = "consistency") -> DistillJob:
     """Validate the distil form: the teacher under the checkpoints folder (or a Hub id), the images
-    under the data roots."""
+    under the data roots. ``method`` comes from the start button (one per method), not the form."""
     return DistillJob(
         teacher=_check_model_ref(settings, teacher, "the teacher to distil"),
         data=_check_data_source(settings, data),
         **_shared_fields(run_name, lr, max_steps, batch_size),
+        method=method,
     )
 
 
@@ -394,8 +397,13 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
                                  label="Teacher: a ddpm, iddpm or ldm model (under the checkpoints folder, or a Hub id)")
                 distill_data = gr.Textbox(label="Images (the teacher's training data, a folder under the data roots)",
                                           placeholder="data/bedrooms", elem_id="distill-data")
+                distill_method = Options([("Consistency distillation", "consistency"),
+                                          ("Progressive distillation", "progressive")], value="consistency",
+                                         label="Method", elem_id="distill-method")
                 gr.Markdown("Consistency distillation: the student samples in 1-4 steps (Generate: sampler "
-                            "*consistency*, steps 1-4). Quality per step count: bench/RESULTS.md.")
+                            "*consistency*, steps 1-4). Progressive distillation: 64 → 1 DDIM steps in six "
+                            "stages that share the steps (Generate: sampler *ddim*, 1 step). Quality per step "
+                            "count: bench/RESULTS.md.")
             max_steps = RawNumber(2500, label="Steps", precision=0)
             batch_size = RawSlider(1, 256, value=32, step=1, label="Batch size")
             lr = RawNumber(1e-3, label="Learning rate")
@@ -405,6 +413,9 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
                                            visible=False)
                 start_distill = gr.Button("Start distillation", variant="primary", elem_id="distill-start",
                                           visible=False)
+                # Its own button and event, so /distill_start keeps its inputs and checks unchanged.
+                start_progressive = gr.Button("Start progressive distillation", variant="primary",
+                                              elem_id="distill-progressive-start", visible=False)
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
             message = gr.Markdown(elem_id="train-message")  # why a start or stop was refused
         with gr.Column(scale=2):
@@ -428,10 +439,16 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
         groups = [gr.Group(visible=name == chosen) for name in modes]
         buttons = [gr.Button(visible=name == chosen) for name in modes]
         refs = gr.Dropdown(choices=_local_refs(settings))
-        return (*groups, *buttons, steps, batch, rate, refs, refs)
+        return (*groups, *buttons, steps, batch, rate, refs, refs, gr.Button(visible=False), "consistency")
 
     mode.change(on_mode, mode, [*(m[0] for m in modes.values()), *(m[1] for m in modes.values()), max_steps,
-                                batch_size, lr, source, teacher], api_visibility="private")
+                                batch_size, lr, source, teacher, start_progressive, distill_method],
+                api_visibility="private")
+
+    def on_method(chosen: str):
+        return gr.Button(visible=chosen != "progressive"), gr.Button(visible=chosen == "progressive")
+
+    distill_method.input(on_method, distill_method, [start_distill, start_progressive], api_visibility="private")
 
     def on_start(*values):
         run_dir = jobs.start(check_request(settings, *values))
@@ -444,6 +461,10 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
     def on_start_distill(*values):
         run_dir = jobs.start(check_distill_request(settings, *values))
         return f"**{run_dir.name}**: loading the teacher, then distilling…"
+
+    def on_start_progressive(*values):
+        run_dir = jobs.start(check_distill_request(settings, *values, method="progressive"))
+        return f"**{run_dir.name}**: loading the teacher, then distilling progressively…"
 
     def on_status():
         text, losses, image = read_status(jobs)
@@ -461,6 +482,9 @@ def build_train_tab(settings: AppSettings, model_dropdown: gr.Dropdown) -> None:
            api_name="finetune_start", **kept)
     listen(start_distill.click, on_start_distill, [teacher, distill_data, max_steps, batch_size, lr, run_name],
            status, api_name="distill_start", **kept)
+    listen(start_progressive.click, on_start_progressive,
+           [teacher, distill_data, max_steps, batch_size, lr, run_name], status,
+           api_name="distill_progressive_start", **kept)
     listen(stop.click, lambda: jobs.stop(), None, status, api_name="train_stop", **kept)
     watched = [status, curve, preview, model_dropdown, push_section]
     poll = gr.Button("Refresh status", size="sm", elem_id="train-refresh")
