@@ -160,7 +160,8 @@ class AppProcess:
 def run_together(*commands: list[str], timeout: float = 300, **popen) -> list:
     """Run independent commands at the same time and wait for all: ``subprocess.run`` results
     (text output captured) in the order given. A CLI process spends most of its seconds importing
-    on one core while this process waits, so two at once take little longer than one."""
+    on one core while this process waits: on an otherwise idle machine with two or more cores,
+    two at once take about as long as one."""
     import subprocess
 
     processes = [subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
