@@ -9,12 +9,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_together
+
 
 def bedgen(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "bedgen", *args], capture_output=True, text=True, timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )
+
+
+def bedgen_together(*arg_lists, env=None):
+    """Several ``bedgen`` processes started at once (each its own interpreter, as two users' runs)."""
+    return run_together(*([sys.executable, "-m", "bedgen", *args] for args in arg_lists),
+                        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
 def bedgen_in_process(capsys, *args):
@@ -45,16 +53,17 @@ def test_sample_writes_images_grid_and_summary(tiny_checkpoint, tmp_path):
 def test_two_fp32_runs_give_identical_png_bytes(tiny_checkpoint, tmp_path):
     args = ["sample", "--model", str(tiny_checkpoint), "-n", "3", "--steps", "4", "--scheduler", "ddpm",
             "--seed", "11", "--dtype", "fp32"]
-    assert bedgen(*args, "--out", str(tmp_path / "a")).returncode == 0
-    assert bedgen(*args, "--out", str(tmp_path / "b")).returncode == 0
+    runs = bedgen_together([*args, "--out", str(tmp_path / "a")], [*args, "--out", str(tmp_path / "b")])
+    assert [run.returncode for run in runs] == [0, 0], [run.stderr for run in runs]
     for name in ("000000.png", "000001.png", "000002.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_batch_size_1_and_4_agree_within_one_level(tiny_checkpoint, tmp_path):
     args = ["sample", "--model", str(tiny_checkpoint), "-n", "4", "--steps", "4", "--seed", "2", "--dtype", "fp32"]
-    assert bedgen(*args, "--batch-size", "1", "--out", str(tmp_path / "b1")).returncode == 0
-    assert bedgen(*args, "--batch-size", "4", "--out", str(tmp_path / "b4")).returncode == 0
+    runs = bedgen_together([*args, "--batch-size", "1", "--out", str(tmp_path / "b1")],
+                           [*args, "--batch-size", "4", "--out", str(tmp_path / "b4")])
+    assert [run.returncode for run in runs] == [0, 0], [run.stderr for run in runs]
     for i in range(4):
         a = np.asarray(Image.open(tmp_path / "b1" / f"{i:06d}.png"), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "b4" / f"{i:06d}.png"), dtype=np.int16)

@@ -92,10 +92,13 @@ def test_sample_and_interpolate_results_carry_the_reason(tiny_checkpoint, tmp_pa
     assert interpolate(pipe, a, b, frames=2, steps=2, device="cpu").placement == auto
 
 
-def _bedgen(*args) -> subprocess.CompletedProcess:
-    """``python -m bedgen ARGS`` in its own process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "bedgen", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+def _bedgen_together(*arg_lists) -> list[subprocess.CompletedProcess]:
+    """``python -m bedgen ARGS`` for each ARGS, in their own processes as a user runs them, all at once
+    (independent runs; see conftest.run_together)."""
+    from conftest import run_together
+
+    return run_together(*([sys.executable, "-m", "bedgen", *args] for args in arg_lists),
+                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def _in_process(capsys, *args) -> tuple[int, str, str]:
@@ -120,14 +123,14 @@ def test_cli_sample_and_train_print_the_path_and_why(tiny_checkpoint, tmp_path):
 
     auto = resolve("cpu", "auto").describe()  # e.g. "cpu/fp32: this CPU has no native bf16 (AVX2 only)"
     assert cpu_bf16_reason(cpu_has_bf16(), cpu_kind()) in auto
-    run = _bedgen("sample", "--model", tiny_checkpoint, "-n", 1, "--steps", 2, "--out", tmp_path / "s")
-    assert run.returncode == 0 and auto in run.stdout, run.stderr
-
     write_rooms(tmp_path / "rooms", 4, size=16)
     mode, reason = training_precision("auto")
     line = f"precision: cpu/{mode.replace('no', 'fp32')}: {reason}\n"
-    run = _bedgen("train", "--data", tmp_path / "rooms", "--out", tmp_path / "run", *TINY_TRAIN)
-    assert run.returncode == 0 and line in run.stderr, run.stderr
+    sample, train = _bedgen_together(
+        ["sample", "--model", tiny_checkpoint, "-n", 1, "--steps", 2, "--out", tmp_path / "s"],
+        ["train", "--data", tmp_path / "rooms", "--out", tmp_path / "run", *TINY_TRAIN])
+    assert sample.returncode == 0 and auto in sample.stdout, sample.stderr
+    assert train.returncode == 0 and line in train.stderr, train.stderr
 
 
 def test_cli_finetune_and_forced_precision_say_so(tiny_checkpoint, tmp_path, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from bedgen.maths.diffusion import Schedule
 from bedgen.core.errors import BedgenError
 from bedgen.sampling.interpolate import ddim_grid, interpolate, slerp
 from bedgen.models.unet import build_training_scheduler, build_unet
-from conftest import make_tiny_checkpoint, tiny_config
+from conftest import make_tiny_checkpoint, run_together, tiny_config
 from synthetic import write_rooms
 from test_checkpoint import write_consistency_layout
 
@@ -215,7 +214,8 @@ def test_cli_writes_frames_strip_and_gif(tiny_checkpoint, rooms, tmp_path):
     cmd = [sys.executable, "-m", "bedgen", "interpolate", "--model", str(tiny_checkpoint),
            "--image-a", str(rooms[0]), "--image-b", str(rooms[1]), "--t", "0.4", "--frames", "5",
            "--method", "ddim-inversion", "--steps", "4", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    bad_t = [*cmd[:-2], "--t", "2", "--out", str(tmp_path / "bad")]  # the last --t wins
+    done, bad = run_together(cmd, bad_t)  # independent processes, started at once
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.glob("frame-*.png")) == [f"frame-{i:02d}.png" for i in range(5)]
     strip = Image.open(out / "strip.png")
@@ -224,5 +224,4 @@ def test_cli_writes_frames_strip_and_gif(tiny_checkpoint, rooms, tmp_path):
     assert gif.n_frames == 8  # 5 forth + 3 back
     assert '"timestep": 40' in (out / "interpolation.json").read_text()
 
-    bad = subprocess.run(cmd[:-2] + ["--t", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "t must be in (0, 1]" in bad.stderr

@@ -107,9 +107,8 @@ def _latest(run: Path) -> str | None:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_gives_the_same_weights(rooms, tmp_path):
+    # The uninterrupted run and the victim are independent processes: both start at once.
     straight = _train_cli(tmp_path / "a", rooms)
-    assert straight.wait(timeout=300) == 0, straight.stdout.read()
-
     victim = _train_cli(tmp_path / "b", rooms)
     deadline = time.monotonic() + 300
     while _latest(tmp_path / "b") != "checkpoints/step-000004":
@@ -118,6 +117,7 @@ def test_resume_after_sigkill_gives_the_same_weights(rooms, tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert _latest(tmp_path / "b") == "checkpoints/step-000004"  # killed before step 8
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()
 
     resumed = _train_cli(tmp_path / "b", rooms, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
