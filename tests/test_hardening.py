@@ -355,7 +355,7 @@ def test_space_app_has_no_train_tab_without_auth_and_wraps_gpu_events(tmp_path):
     try:
         client = Client(app.url, verbose=False)
         endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-        assert not {"/train_start", "/finetune_start", "/distill_start"} & set(endpoints)
+        assert not {"/train_start", "/finetune_start", "/distill_start", "/distill_progressive_start"} & set(endpoints)
         assert "Train tab is off" in app.log.read_text()
         # local models only from the checkpoints folder, Hub models only from the allow-list
         _expect_error(lambda: client.predict(str(outside), 0, 2, "auto", 1, False, api_name="/generate"),
