@@ -101,7 +101,8 @@ def free_port() -> int:
 def start_app(workdir: Path, model: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "BEDGEN_CHECKPOINTS": str(model.parent), "BEDGEN_DEFAULT_MODEL": str(model),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "BEDGEN_COMPILED_CACHE": str(workdir / "compiled")}  # the random model's export goes with the run
     app = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=workdir, env=env,
                            stdout=open(workdir / "app.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
