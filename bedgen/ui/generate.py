@@ -70,16 +70,19 @@ def machine_note(settings: AppSettings) -> str:
         return ""
     bf16 = "native bf16" if cpu_has_bf16() else "no native bf16, so fp32"
     engine = choose_backend(None, resolve("auto", "auto"))[0]  # what a large network runs on here
+    export = ""
     if engine != "eager":
         bf16 += f" on {LABELS[engine]}"
+        # the one slow click a visitor would otherwise have to guess about
+        export = f" A large model's first click takes longer: it is exported for {LABELS[engine]} once, then cached."
     head = f"No GPU here ({cpu_kind()} CPU, {bf16}): every step is one network evaluation, so "
     if settings.default_model == CPU_DEFAULT_MODEL:
         return head + (f"the tab opens on a consistency model at {CONSISTENCY_STEPS} steps: published FID 5.22 on "
                        "LSUN Bedroom 256, against 6.36 for the 1000-step DDPM, in about 40 % of the time of a "
                        "20-step DDPM click. Diffusion models need 10-50 steps; `bedgen distill` makes a 1-4-step "
-                       "student of one.")
+                       "student of one." + export)
     return head + ("consistency models (e.g. openai/diffusers-cd_bedroom256_lpips, or a student made by "
-                   "`bedgen distill`) sample in 1-2 steps where diffusion models need 10-50.")
+                   "`bedgen distill`) sample in 1-2 steps where diffusion models need 10-50." + export)
 
 
 def offline_hint(settings: AppSettings) -> str:
