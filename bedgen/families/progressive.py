@@ -41,7 +41,7 @@ from ..config.schema import BedgenConfig
 from ..core.errors import BedgenError
 from ..maths import progressive as pd
 from ..maths.diffusion import split_prediction
-from .teacher import TeacherFamily
+from .teacher import TeacherFamily, on_device
 
 
 class ProgressiveDistillationFamily(TeacherFamily):
@@ -126,9 +126,7 @@ class ProgressiveDistillationFamily(TeacherFamily):
         if self.teacher_stage == 0:
             self.teacher_unet = self.teacher.unet
             return
-        teacher = copy.deepcopy(self.start)
-        teacher.load_state_dict(state["teacher"])
-        self.teacher_unet = teacher
+        self.teacher_unet = self._frozen(state["teacher"])
 
     @property
     def stage(self) -> int:
@@ -178,9 +176,14 @@ class ProgressiveDistillationFamily(TeacherFamily):
         if stage == self.teacher_stage:
             return
         student = getattr(model, "module", model)  # under DistributedDataParallel
+        self.teacher_unet = self._frozen({k: v.detach().cpu() for k, v in student.state_dict().items()})
+        self.teacher_stage = stage
+
+    def _frozen(self, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A frozen network of the student's layout holding ``weights``: a stage's teacher."""
         teacher = copy.deepcopy(self.start)
-        teacher.load_state_dict({k: v.detach().cpu() for k, v in student.state_dict().items()})
-        self.teacher_unet, self.teacher_stage = teacher, stage
+        teacher.load_state_dict(weights)
+        return teacher
 
     def _network_split(self, unet: torch.nn.Module, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = unet(z, t).sample.float()[:, : z.shape[1]]  # a learned variance's half is not DDIM's
@@ -188,10 +191,7 @@ class ProgressiveDistillationFamily(TeacherFamily):
 
     def teacher_split(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's (x̂_0, ε̂) at (z_t, t)."""
-        unet = self.teacher_unet
-        if next(unet.parameters()).device != z.device:
-            unet.to(z.device)
-        return self._network_split(unet, z, t)
+        return self._network_split(on_device(self.teacher_unet, z.device), z, t)
 
     def student_x(self, model: torch.nn.Module, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The student's x̂ at (z_t, t), unclipped (the loss's gradient must reach every pixel)."""

@@ -42,10 +42,14 @@ class TeacherFamily(UNetFamily):
 
     def teacher_network(self, device: torch.device) -> torch.nn.Module:
         """The teacher's UNet, on ``device`` (it is loaded on the CPU)."""
-        unet = self.teacher.unet
-        if next(unet.parameters()).device != device:
-            unet.to(device)
-        return unet
+        return on_device(self.teacher.unet, device)
 
 
-__all__ = ["TeacherFamily"]
+def on_device(unet: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``unet``, moved to ``device`` the first time a batch there needs it (a frozen network)."""
+    if next(unet.parameters()).device != device:
+        unet.to(device)
+    return unet
+
+
+__all__ = ["TeacherFamily", "on_device"]
