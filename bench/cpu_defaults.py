@@ -7,11 +7,12 @@ Both networks have random weights in the layouts of the two models the app opens
 layout, 256 px) and openai/diffusers-cd_bedroom256_lpips (the LSUN-256 layout of the
 consistency-model release, as diffusers' conversion script defines it). Each is timed for one
 UNet evaluation at 256 px, batch 1, through bedgen's inference call (Denoiser.network) on the
-app's placement for this machine, twice in this process: on PyTorch eager (channels_last, bf16
-autocast where the CPU has native bf16) and on ``auto`` (what the app runs: ONNX Runtime for
-fp32 on CPUs without native bf16; bedgen/sampling/backends.py), best of ``--repeats``, with the
-first call (auto's export) and a fresh load's first call (the export read back from the disk
-cache) beside. Then the clicks, from auto's times: 20
+app's placement for this machine, three times in this process: on PyTorch eager (channels_last,
+bf16 autocast where the CPU has native bf16), on ONNX Runtime, and on ``auto`` (what the app
+runs: NNPACK Winograd for fp32 on AVX2 CPUs, ONNX Runtime for fp32 on other CPUs without native
+bf16; bedgen/sampling/backends.py), best of ``--repeats``, with the first call (an export where
+the engine needs one) and a fresh load's first call (the export read back from the disk cache)
+beside. Then the clicks, from auto's times: 20
 DPM-Solver++ steps of the DDPM against 1 and 2 steps of the consistency model, as
 evaluations x time per evaluation, and the ratio of the two defaults; and releasing the
 Interpolate slider: 25 DDIM steps of the DDPM, or one evaluation of a student distilled from it. Quality is not measured
@@ -54,6 +55,10 @@ CD_LSUN_256 = dict(
     up_block_types=("AttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",) * 3,
     downsample_type="resnet", upsample_type="resnet", resnet_time_scale_shift="default",
 )
+
+
+# eager (the baseline), the engine auto picked before the Winograd engine, and auto's pick now
+BACKENDS = ("eager", "onnxruntime", "auto")
 
 
 def seconds_per_evaluation(unet: torch.nn.Module, repeats: int, backend: str, cache: Path) -> Timing:
@@ -119,12 +124,12 @@ def main() -> None:
     timings = {}
     with tempfile.TemporaryDirectory() as cache:
         for name, net in (("ddpm", ddpm), ("cd", cd)):
-            for backend in ("eager", "auto"):
+            for backend in BACKENDS:
                 timings[name, backend] = seconds_per_evaluation(net, args.repeats, backend, Path(cache))
     print("| one evaluation, 256 px, batch 1 | backend | engine | s / eval | vs eager | first call | next start |")
     print("|---|---|---|---|---|---|---|")
     for name in ("ddpm", "cd"):
-        for backend in ("eager", "auto"):
+        for backend in BACKENDS:
             t = timings[name, backend]
             label = f"DDPM (ddpm-mid, {counts['ddpm']:.0f} M)" if name == "ddpm" else f"CD LSUN-256 ({counts['cd']:.0f} M)"
             print(f"| {label} | {backend} | {t.engine} | {t.seconds:.2f} | "

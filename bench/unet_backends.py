@@ -15,7 +15,9 @@ difference of the one-step x̂₀ it implies at t = 500, in uint8 levels (x̂₀
 Ho et al. 2020 Eq. 15), which is how far a sampled image could move per step.
 
 Candidates that need a missing package say "not installed"; ones that cannot run here say why.
-torch.compile (Inductor) compiles for minutes on a small CPU and runs only with --compile;
+Among them: bedgen's Winograd engine (NNPACK's F(6x6, 3x3) for the 3x3 convolutions on large
+maps; --winograd-sides adds runs with other thresholds). torch.compile (Inductor) compiles for
+minutes on a small CPU and runs only with --compile;
 OpenVINO full int8 (weights and activations) only with --static-int8. Candidates are timed
 round-robin (baseline, a, b, ..., baseline, a, b, ...) so a shared machine's load drifts
 fall on all of them alike.
@@ -43,10 +45,12 @@ from bedgen.config.overrides import override  # noqa: E402
 from bedgen.config.schema import preset  # noqa: E402
 from bedgen.core.device import cpu_flags, cpu_has_bf16, cpu_kind  # noqa: E402
 from bedgen.models.unet import build_training_scheduler, build_unet  # noqa: E402
+from bedgen.sampling.backends import WINOGRAD_MIN_SIDE, WinogradEngine, nnpack_available  # noqa: E402
 
 Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 BASELINE = "torch eager fp32"
 STATIC_INT8 = "openvino int8 static (nncf, 16 noise samples)"
+WINOGRAD = f"nnpack winograd fp32 (3x3 convs on maps >= {WINOGRAD_MIN_SIDE} px)"
 T_PROBE = 500  # the timestep at which the x̂₀ difference is read
 
 
@@ -97,6 +101,17 @@ def torch_dynamic_int8(unet, x, t) -> Run:
         raise Skip(f"torch.ao.quantization missing: {e}") from None
     q = quantize_dynamic(copy.deepcopy(unet), {torch.nn.Linear}, dtype=torch.qint8)
     return torch_eager(q, x, t)
+
+
+def nnpack_winograd(unet, x, t, min_side: int = WINOGRAD_MIN_SIDE) -> Run:
+    """bedgen's Winograd engine: 3x3 convolutions on maps of >= min_side pixels through NNPACK,
+    the rest eager fp32; weights in channels_last as the app lays them out."""
+    if not nnpack_available():
+        raise Skip("NNPACK is not available in this PyTorch build or on this CPU")
+    net = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+    engine = WinogradEngine(net, lambda x, t: net(x, t).sample)
+    engine.min_side = min_side
+    return engine.run
 
 
 def onnxruntime_fp32(unet, x, t) -> Run:
@@ -186,6 +201,7 @@ CANDIDATES: dict[str, Callable[..., Run]] = {
     "torch eager bf16 autocast channels_last": eager_bf16,
     "torch.compile inductor fp32": inductor,
     "torch dynamic int8 (Linear only)": torch_dynamic_int8,
+    WINOGRAD: nnpack_winograd,
     "onnxruntime fp32": onnxruntime_fp32,
     "openvino fp32": openvino_fp32,
     "openvino int8 weights (nncf)": openvino_int8_weights,
@@ -280,7 +296,12 @@ def main() -> None:
     parser.add_argument("--static-int8", action="store_true",
                         help="also time OpenVINO full int8 (nncf.quantize; minutes to calibrate, far from fp32)")
     parser.add_argument("--layout", choices=["ddpm-mid", "cd-lsun-256"], default="ddpm-mid")
+    parser.add_argument("--winograd-sides", type=int, nargs="+", default=[],
+                        help="also time the Winograd engine routing maps of at least each of these sides")
     args = parser.parse_args()
+    for side in args.winograd_sides:
+        CANDIDATES[f"nnpack winograd fp32 (3x3 convs on maps >= {side} px)"] = (
+            lambda u, x, t, side=side: nnpack_winograd(u, x, t, side))
     names = [n for n in CANDIDATES if n == BASELINE or (args.only is None or n in args.only)]
     opt_in = {"torch.compile inductor fp32": args.compile, STATIC_INT8: args.static_int8}
     names = [n for n in names if opt_in.get(n, True) or args.only and n in args.only]

@@ -1,6 +1,7 @@
-"""Inference engines: ONNX Runtime and OpenVINO give eager's outputs, export once and are cached
-on disk, rebuild a damaged cache, auto picks per placement and network size, and anything an
-engine cannot do runs on PyTorch eager with a reason."""
+"""Inference engines: NNPACK's Winograd convolutions, ONNX Runtime and OpenVINO give eager's
+outputs; the exported ones export once and are cached on disk and rebuild a damaged cache; auto
+picks per placement, CPU kind and network size; and anything an engine cannot do runs on PyTorch
+eager with a reason."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from bedgen.core.device import resolve
+from bedgen.core.device import cpu_kind, resolve
 from bedgen.core.errors import BedgenError
 from bedgen.models.unet import build_training_scheduler, build_unet
-from bedgen.sampling.backends import ENGINE_MIN_PARAMETERS, OnnxRuntimeEngine, OpenVINOEngine, check_backend, choose_backend
+from bedgen.sampling.backends import (
+    ENGINE_MIN_PARAMETERS, WINOGRAD_MIN_SIDE, OnnxRuntimeEngine, OpenVINOEngine, check_backend, choose_backend,
+    nnpack_available,
+)
 from bedgen.sampling.denoiser import Denoiser
 from bedgen.sampling.pipeline import Pipeline
 from bedgen.storage.checkpoint import CheckpointInfo
@@ -164,20 +168,23 @@ def test_a_network_an_engine_cannot_export_runs_eager(engine, tmp_path, caplog):
     assert folders(tmp_path) == []
 
 
-def test_the_choice_per_placement_and_network_size(monkeypatch):
+def test_the_choice_per_placement_cpu_kind_and_network_size(monkeypatch):
     monkeypatch.delenv("BEDGEN_BACKEND", raising=False)
     large, small = ENGINE_MIN_PARAMETERS, ENGINE_MIN_PARAMETERS - 1
-    # auto: ONNX Runtime for a large network computing in fp32 on a CPU; eager for bf16, a GPU, a small one
-    assert choose_backend(None, CPU, large) == ("onnxruntime", "auto: the fastest fp32 CPU engine measured "
-                                                              "(bench/RESULTS.md)")
-    assert choose_backend(None, CPU)[0] == "onnxruntime"  # size unknown: taken as large
-    assert choose_backend(None, resolve("cpu", "bf16"), large) == (
+    # auto, for a large network computing in fp32 on a CPU: Winograd on AVX2 (measured there),
+    # ONNX Runtime on the other kinds; eager for bf16, a GPU, a small network
+    assert choose_backend(None, CPU, large, kind="AVX512") == (
+        "onnxruntime", "auto: the fastest fp32 CPU engine measured (bench/RESULTS.md)")
+    assert choose_backend(None, CPU, kind="AVX512")[0] == "onnxruntime"  # size unknown: taken as large
+    assert choose_backend(None, resolve("cpu", "bf16"), large, kind="AVX512-BF16") == (
         "eager", "auto: PyTorch's native bf16 autocast on this CPU")
-    assert choose_backend(None, CPU, small)[0] == "eager"
+    assert choose_backend(None, CPU, small, kind="AVX2")[0] == "eager"
     assert "evaluates in milliseconds" in choose_backend(None, CPU, small)[1]
     cuda = replace(CPU, device=torch.device("cuda"), dtype=torch.bfloat16)
     assert choose_backend(None, cuda, large) == ("eager", "auto: PyTorch's autocast on cuda")
     # asked for: whatever the size, where the engine can run
+    assert choose_backend("winograd", CPU, small) == ("winograd", "asked for")
+    assert choose_backend("winograd", cuda) == ("eager", "NNPACK Winograd runs on the CPU only, this request runs on cuda")
     assert choose_backend("openvino", CPU, small) == ("openvino", "asked for")
     assert choose_backend("onnxruntime", CPU, small) == ("onnxruntime", "asked for")
     assert choose_backend("eager", CPU, large) == ("eager", "asked for")
@@ -188,14 +195,29 @@ def test_the_choice_per_placement_and_network_size(monkeypatch):
     monkeypatch.setenv("BEDGEN_BACKEND", "openvino")
     assert choose_backend(None, CPU)[0] == "openvino" and check_backend("eager") == "eager"
     monkeypatch.setenv("BEDGEN_BACKEND", "tensorrt")
-    with pytest.raises(BedgenError, match="unknown backend 'tensorrt'; choose one of auto, eager, onnxruntime, "
-                                          "openvino"):
+    with pytest.raises(BedgenError, match="unknown backend 'tensorrt'; choose one of auto, eager, winograd, "
+                                          "onnxruntime, openvino"):
         check_backend(None)
 
 
-def test_auto_runs_a_large_network_on_onnx_runtime_and_a_small_one_eager(tmp_path, monkeypatch):
-    """The default path itself: no backend named, a CPU computing in fp32."""
+@pytest.mark.skipif(not nnpack_available(), reason="needs NNPACK (an x86 CPU with AVX2)")
+def test_auto_on_avx2_picks_winograd_where_nnpack_runs(monkeypatch):
     monkeypatch.delenv("BEDGEN_BACKEND", raising=False)
+    assert choose_backend(None, CPU, ENGINE_MIN_PARAMETERS, kind="AVX2") == (
+        "winograd", "auto: the fastest fp32 path measured on AVX2 CPUs (bench/RESULTS.md)")
+
+
+def test_auto_on_avx2_without_nnpack_picks_onnx_runtime(monkeypatch):
+    monkeypatch.delenv("BEDGEN_BACKEND", raising=False)
+    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: False)  # a PyTorch built without it
+    assert choose_backend(None, CPU, ENGINE_MIN_PARAMETERS, kind="AVX2")[0] == "onnxruntime"
+
+
+def test_auto_runs_a_large_network_on_onnx_runtime_and_a_small_one_eager(tmp_path, monkeypatch):
+    """The default path itself: no backend named, a CPU computing in fp32 (where auto picks ONNX
+    Runtime: on this machine's kind unless it is an AVX2 one, where NNPACK is taken away)."""
+    monkeypatch.delenv("BEDGEN_BACKEND", raising=False)
+    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: False)
     auto = resolve("cpu", "fp32")
     torch.manual_seed(0)
     config = tiny_config(**{"resolution": 8, "unet.block_out_channels": (160, 320), "unet.norm_num_groups": 32})
@@ -261,3 +283,128 @@ def test_concurrent_requests_on_one_pipeline_share_nothing(engine, tmp_path, mon
     for thread in threads:
         thread.join()
     assert all(np.array_equal(alone[s], together[s]) for s in (1, 2))
+
+
+# --- the Winograd engine (NNPACK) -------------------------------------------------------------
+
+needs_nnpack = pytest.mark.skipif(not nnpack_available(), reason="needs NNPACK (an x86 CPU with AVX2)")
+WINOGRAD = replace(CPU, backend="winograd")
+
+
+def _winograd_model(resolution=WINOGRAD_MIN_SIDE, channels_last=True):
+    """A network whose first level's 3x3 convolutions see WINOGRAD_MIN_SIDE-pixel maps, with its
+    weights in channels_last as SharedPlacement lays them out (NNPACK reads an NCHW copy)."""
+    config = tiny_config(resolution=resolution)
+    torch.manual_seed(0)
+    unet = build_unet(config).eval()
+    if channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    return unet, build_training_scheduler(config)
+
+
+@needs_nnpack
+def test_winograd_gives_eager_outputs_at_any_batch_and_timestep_form(tmp_path):
+    d = denoiser(*_winograd_model(), tmp_path)
+    g = torch.Generator().manual_seed(1)
+    for batch, t in ((1, 7), (3, torch.tensor(42)), (2, torch.tensor([3.0, 90.0]))):
+        x = torch.randn(batch, 3, WINOGRAD_MIN_SIDE, WINOGRAD_MIN_SIDE, generator=g)
+        routed = d.engines["winograd"].routed
+        ours = d.network(x, t, WINOGRAD)
+        assert d.engines["winograd"].routed > routed, "the large maps' 3x3 convolutions went to NNPACK"
+        eager = d.network(x, t, EAGER)
+        assert ours.shape == eager.shape and ours.dtype == torch.float32
+        assert (ours - eager).abs().max() < ATOL
+    assert d.describe(WINOGRAD) == f"{WINOGRAD.describe()}; on NNPACK Winograd"
+    assert folders(tmp_path) == [], "nothing is exported or cached"
+
+
+@needs_nnpack
+def test_winograd_leaves_small_maps_and_other_convolutions_to_pytorch(tmp_path):
+    d = denoiser(*_winograd_model(resolution=8), tmp_path)  # every map under WINOGRAD_MIN_SIDE
+    x = torch.randn(1, 3, 8, 8)
+    out = d.network(x, 5, WINOGRAD)
+    assert d.engines["winograd"].routed == 0
+    assert (out - d.network(x, 5, EAGER)).abs().max() < ATOL
+    assert d.describe(WINOGRAD) == WINOGRAD.describe(), "a call NNPACK took no part in is not reported as its"
+    engine = d.engines["winograd"]
+    big = torch.randn(1, 4, 40, 40)
+    assert engine.convolve(big, torch.randn(4, 4, 3, 3), stride=2, padding=1) is None  # strided
+    assert engine.convolve(big, torch.randn(4, 4, 1, 1)) is None  # 1x1
+    assert engine.convolve(big, torch.randn(4, 2, 3, 3), padding=1, groups=2) is None  # grouped
+    assert engine.convolve(big, torch.randn(4, 4, 3, 3), padding=1, dilation=2) is None  # dilated
+    assert engine.convolve(big.double(), torch.randn(4, 4, 3, 3).double(), padding=1) is None  # not fp32
+    w = torch.randn(4, 4, 3, 3)
+    assert (engine.convolve(big, w, padding=1) - torch.nn.functional.conv2d(big, w, padding=1)).abs().max() < ATOL
+
+
+@needs_nnpack
+def test_winograd_sees_weights_edited_in_place(tmp_path):
+    unet, training = _winograd_model()
+    d = denoiser(unet, training, tmp_path)
+    x = torch.randn(1, 3, WINOGRAD_MIN_SIDE, WINOGRAD_MIN_SIDE)
+    before = d.network(x, 5, WINOGRAD)
+    with torch.no_grad():
+        unet.conv_in.weight.mul_(1.5)  # a channels_last weight NNPACK reads through its NCHW copy
+    after = d.network(x, 5, WINOGRAD)
+    assert (after - before).abs().max() > 1e-3, "the edit changed the output"
+    assert (after - d.network(x, 5, EAGER)).abs().max() < ATOL
+
+
+@needs_nnpack
+def test_winograd_sampled_pixels_match_eager_within_the_golden_tolerance():
+    pipe = _pipeline(resolution=WINOGRAD_MIN_SIDE)
+    run = dict(n=2, seed=4, steps=10, scheduler="dpmsolver++", device="cpu", dtype="fp32", batch_size=2)
+    ours = np.stack([np.asarray(im) for im in pipe.generate(**run, backend="winograd")]).astype(int)
+    assert pipe.denoiser.engines["winograd"].routed > 0
+    eager = np.stack([np.asarray(im) for im in pipe.generate(**run, backend="eager")]).astype(int)
+    assert np.abs(ours - eager).max() <= 2
+
+
+@needs_nnpack
+def test_winograd_and_eager_requests_at_once_on_one_pipeline_share_nothing():
+    """The redirection is per thread: an eager request running beside a Winograd one on the same
+    network gets exactly what it gets alone, and so does the Winograd one."""
+    pipe = _pipeline(resolution=WINOGRAD_MIN_SIDE)
+    run = dict(steps=3, scheduler="ddim", device="cpu", dtype="fp32")
+    backends = {1: "winograd", 2: "eager", 3: "winograd"}
+    alone = {s: np.asarray(pipe.generate(n=1, seed=s, backend=b, **run)[0]) for s, b in backends.items()}
+    together = {}
+
+    def request(seed):
+        together[seed] = np.asarray(pipe.generate(n=1, seed=seed, backend=backends[seed], **run)[0])
+
+    threads = [threading.Thread(target=request, args=(seed,)) for seed in backends]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(np.array_equal(alone[s], together[s]) for s in backends)
+
+
+def test_without_nnpack_winograd_runs_eager_and_says_why_once(model, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: False)  # a PyTorch built without it
+    d = denoiser(*model, tmp_path)
+    x = torch.randn(1, 3, 8, 8)
+    with caplog.at_level(logging.WARNING, logger="bedgen.backends"):
+        out = d.network(x, 5, WINOGRAD)
+        d.network(x, 5, WINOGRAD)
+    assert torch.equal(out, d.network(x, 5, EAGER))
+    assert caplog.text.count("running the UNet on PyTorch eager: NNPACK is not available") == 1
+    assert d.describe(WINOGRAD) == WINOGRAD.describe()
+
+
+@needs_nnpack
+@pytest.mark.skipif(cpu_kind() != "AVX2", reason=f"auto picks Winograd on AVX2 CPUs; this one is {cpu_kind()}")
+def test_auto_runs_a_large_network_on_winograd_on_this_avx2_cpu(tmp_path, monkeypatch):
+    """The default path itself on an AVX2 CPU: no backend named, fp32."""
+    monkeypatch.delenv("BEDGEN_BACKEND", raising=False)
+    config = tiny_config(**{"resolution": WINOGRAD_MIN_SIDE, "unet.block_out_channels": (160, 320),
+                            "unet.norm_num_groups": 32})
+    torch.manual_seed(0)
+    large = denoiser(build_unet(config).eval(), build_training_scheduler(config), tmp_path)
+    assert large.parameters >= ENGINE_MIN_PARAMETERS
+    x = torch.randn(1, 3, WINOGRAD_MIN_SIDE, WINOGRAD_MIN_SIDE)
+    out = large.network(x, 5, CPU)
+    assert large.engines["winograd"].routed > 0
+    assert large.describe(CPU) == f"{CPU.describe()}; on NNPACK Winograd"
+    assert (out - large.network(x, 5, EAGER)).abs().max() < ATOL

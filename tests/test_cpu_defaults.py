@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bedgen.core.device import cpu_has_bf16
+from bedgen.core.device import cpu_has_bf16, cpu_kind, resolve
+from bedgen.sampling.backends import choose_backend
 from bedgen.sampling.schedulers import CONSISTENCY_STEPS
 from bedgen.storage.registry import CPU_DEFAULT_MODEL, DEFAULT_MODEL, local_models
 from bedgen.ui.generate import DIFFUSION_STEPS, default_steps_for, machine_note
@@ -31,10 +32,14 @@ def test_without_a_gpu_the_app_opens_on_a_consistency_model_at_two_steps_and_say
     assert default_steps_for(settings.default_model, settings) == CONSISTENCY_STEPS == 2
     note = machine_note(settings)
     assert "No GPU here" in note and "consistency model at 2 steps" in note and "FID 5.22" in note
-    # the engine the model runs on: on a CPU without native bf16, ONNX Runtime (bench/RESULTS.md)
+    # the engine the model runs on: on a CPU without native bf16, NNPACK Winograd on AVX2, else
+    # ONNX Runtime (bench/RESULTS.md); only an exported engine makes a first click slower
+    engine = choose_backend(None, resolve("auto", "auto"))[0]
     if cpu_has_bf16():
-        assert "native bf16" in note and "ONNX Runtime" not in note
-    else:  # and why a model's first click is slower
+        assert "native bf16" in note and "ONNX Runtime" not in note and "Winograd" not in note
+    elif engine == "winograd":
+        assert f"{cpu_kind()} CPU, no native bf16, so fp32 on NNPACK Winograd" in note and "exported" not in note
+    else:
         assert "no native bf16, so fp32 on ONNX Runtime" in note
         assert note.endswith("A large model's first click takes longer: it is exported for ONNX Runtime once, then cached.")
 

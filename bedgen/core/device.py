@@ -42,7 +42,7 @@ class Placement:
     device: torch.device
     dtype: torch.dtype  # the compute dtype of the network (autocast), fp32 = exact
     reason: str = field(default="", compare=False)  # why this dtype; not part of where the weights live
-    # which engine runs the network (auto|eager|onnxruntime|openvino; None: BEDGEN_BACKEND, else auto), chosen
+    # which engine runs the network (auto|eager|winograd|onnxruntime|openvino; None: BEDGEN_BACKEND, else auto), chosen
     # per call by bedgen.sampling.backends; not part of where the weights live either
     backend: str | None = field(default=None, compare=False)
 

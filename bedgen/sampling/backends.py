@@ -1,26 +1,35 @@
-"""Which engine runs the UNet at inference: PyTorch eager, ONNX Runtime or OpenVINO.
+"""Which engine runs the UNet at inference: PyTorch eager, NNPACK's Winograd convolutions,
+ONNX Runtime or OpenVINO.
 
 ``auto`` (the default) picks per placement, from ``bench/unet_backends.py`` (bench/RESULTS.md):
 
 - CUDA/MPS: PyTorch eager under the GPU's autocast.
 - CPUs with native bf16 (AVX512-BF16, AMX): PyTorch eager under bf16 autocast (3.5x fp32 there).
-- other CPUs (AVX2, AVX512 without bf16), computing in fp32: ONNX Runtime, for networks of at
-  least ``ENGINE_MIN_PARAMETERS`` weights. On a quiet 2-core AVX2 EPYC one ddpm-mid evaluation
-  at 256 px took 2.94 s on ONNX Runtime against 4.04 s on fp32 eager (1.37x; OpenVINO 1.30x,
-  channels_last 1.15x), with outputs equal up to float rounding; its export takes seconds, not
-  OpenVINO's minutes. Smaller networks evaluate in milliseconds, where an export would cost
-  more than it saves, and stay on eager (fp32 + channels_last).
+- AVX2 CPUs, computing in fp32, for networks of at least ``ENGINE_MIN_PARAMETERS`` weights:
+  PyTorch eager with each 3x3 convolution on a large feature map computed by NNPACK's Winograd
+  transform (``winograd``). Winograd's F(6x6, 3x3) (Lavin & Gray 2016, "Fast Algorithms for
+  Convolutional Neural Networks") needs about a quarter of direct convolution's multiplies, so it
+  beats the direct-convolution floor that every other engine sits on; on a quiet 2-core AVX2
+  EPYC one 256 px evaluation of the consistency model's layout took 2x less than eager, and
+  ddpm-mid's 1.6x less, with outputs equal to 3e-5.
+- other CPUs computing in fp32 (AVX512 without bf16, or a PyTorch without NNPACK): ONNX
+  Runtime, for networks of at least ``ENGINE_MIN_PARAMETERS`` weights (1.37x eager for ddpm-mid
+  on the same AVX2 EPYC; OpenVINO 1.30x). Its export takes seconds, not OpenVINO's minutes.
 
-``BEDGEN_BACKEND`` (or ``Pipeline.sample(backend=...)``) forces one: ``eager``, ``onnxruntime``
-or ``openvino`` (optional: ``pip install openvino``). When an engine is missing, cannot export
-the network or fails to prepare it, the call runs on PyTorch eager and the reason is logged
-once per model.
+Smaller networks evaluate in milliseconds, where an export or a transform would cost more
+than it saves, and stay on eager (fp32 + channels_last).
 
-Exported networks are cached on disk, in ``BEDGEN_COMPILED_CACHE`` (default
-``~/.cache/bedgen/compiled``), one folder per key: a hash of the weights, the UNet config,
-the input's channels and side, the dtype, the engine and its version; the batch dimension is
-left dynamic, so one export serves every batch size. Each folder records the SHA-256 of its
-files, so a damaged cache is noticed, exported again and replaced.
+``BEDGEN_BACKEND`` (or ``Pipeline.sample(backend=...)``) forces one: ``eager``, ``winograd``,
+``onnxruntime`` or ``openvino`` (optional: ``pip install openvino``). When an engine is missing,
+cannot export the network or fails to prepare it, the call runs on PyTorch eager and the reason
+is logged once per model.
+
+Exported networks (ONNX Runtime, OpenVINO) are cached on disk, in ``BEDGEN_COMPILED_CACHE``
+(default ``~/.cache/bedgen/compiled``), one folder per key: a hash of the weights, the UNet
+config, the input's channels and side, the dtype, the engine and its version; the batch
+dimension is left dynamic, so one export serves every batch size. Each folder records the
+SHA-256 of its files, so a damaged cache is noticed, exported again and replaced. The Winograd
+engine needs no export: it runs the network as it is.
 """
 
 from __future__ import annotations
@@ -32,22 +41,33 @@ import logging
 import os
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.modules.utils import _pair
+from torch.overrides import TorchFunctionMode
 
-from ..core.device import Placement
+from ..core.device import Placement, cpu_kind
 from ..core.errors import BedgenError, one_line
 from ..core.files import file_sha256, replace_dir_atomically, write_json
 
-BACKENDS = ("auto", "eager", "onnxruntime", "openvino")
+BACKENDS = ("auto", "eager", "winograd", "onnxruntime", "openvino")
 CACHE_FORMAT = 2  # bump when what a cache folder holds changes
 # auto's engine threshold: ddpm-mid (114 M) gained 1.37x at 256 px; a 16 px test network of a
 # few thousand weights runs in milliseconds, less than its export would cost.
 ENGINE_MIN_PARAMETERS = 5_000_000
-LABELS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+LABELS = {"winograd": "NNPACK Winograd", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+# The CPU kinds where auto picks the Winograd engine: measured faster there (bench/RESULTS.md).
+# NNPACK's kernels are AVX2 ones; on AVX512 oneDNN's direct convolutions are twice as wide, and
+# which wins there has not been measured, so those CPUs keep ONNX Runtime.
+WINOGRAD_KINDS = ("AVX2",)
+# A 3x3 convolution goes to NNPACK when both sides of its input are at least this: at 256 px
+# routing sides >= 32 was fastest for both default layouts (bench/unet_backends.py --winograd-sides);
+# on 16 x 16 maps of 1024 channels NNPACK was slower than oneDNN.
+WINOGRAD_MIN_SIDE = 32
 log = logging.getLogger("bedgen.backends")
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -67,14 +87,16 @@ def compiled_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bedgen" / "compiled"
 
 
-def choose_backend(name: str | None, placement: Placement, parameters: int | None = None) -> tuple[str, str]:
-    """(``eager``, ``onnxruntime`` or ``openvino``, why) for a request on ``placement`` with a
-    network of ``parameters`` weights (None: unknown, taken as large)."""
+def choose_backend(name: str | None, placement: Placement, parameters: int | None = None,
+                   kind: str | None = None) -> tuple[str, str]:
+    """(``eager``, ``winograd``, ``onnxruntime`` or ``openvino``, why) for a request on
+    ``placement`` with a network of ``parameters`` weights (None: unknown, taken as large), on a
+    CPU of ``kind`` (``bedgen.core.device.cpu_kind``; None: this machine's)."""
     name = check_backend(name)
     if name == "eager":
         return "eager", "asked for"
     if name == "auto":
-        return _auto(placement, parameters)
+        return _auto(placement, parameters, kind or cpu_kind())
     label = LABELS[name]
     if placement.device.type != "cpu":
         return "eager", f"{label} runs on the CPU only, this request runs on {placement.device.type}"
@@ -83,7 +105,7 @@ def choose_backend(name: str | None, placement: Placement, parameters: int | Non
     return name, "asked for"
 
 
-def _auto(placement: Placement, parameters: int | None) -> tuple[str, str]:
+def _auto(placement: Placement, parameters: int | None, kind: str) -> tuple[str, str]:
     if placement.device.type != "cpu":
         return "eager", f"auto: PyTorch's autocast on {placement.device.type}"
     if placement.dtype != torch.float32:
@@ -91,27 +113,151 @@ def _auto(placement: Placement, parameters: int | None) -> tuple[str, str]:
     if parameters is not None and parameters < ENGINE_MIN_PARAMETERS:
         return "eager", (f"auto: a network of {parameters:,} weights evaluates in milliseconds; "
                          "an export would cost more than it saves")
+    if kind in WINOGRAD_KINDS and nnpack_available():
+        return "winograd", f"auto: the fastest fp32 path measured on {kind} CPUs (bench/RESULTS.md)"
     return "onnxruntime", "auto: the fastest fp32 CPU engine measured (bench/RESULTS.md)"
 
 
-class ExportedEngine:
+def nnpack_available() -> bool:
+    """Whether this PyTorch build has NNPACK and it runs on this CPU (it needs AVX2 on x86).
+    The check also initialises NNPACK, which its convolution needs before a first call."""
+    try:
+        return bool(torch.backends.nnpack.is_available())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class Engine:
+    """What every engine other than eager shares: a label, and a fall-back said once."""
+
+    library = ""  # the module the engine needs (ImportError: it is not installed)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._said: set[str] = set()
+
+    @property
+    def label(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def ready(self) -> bool:
+        """Whether the engine ran the last call (for status lines; a fall-back is not the engine)."""
+        raise NotImplementedError
+
+    def run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
+        """The network's output at (x, t) in float32, or None (logged once) where the engine
+        cannot be used and the caller must run PyTorch eager."""
+        raise NotImplementedError
+
+    def fall_back(self, reason: str) -> None:
+        with self._lock:
+            if reason in self._said:
+                return
+            self._said.add(reason)
+        log.warning("running the UNet on PyTorch eager: %s", reason)
+
+
+class WinogradEngine(Engine):
+    """PyTorch eager in fp32, except each 3x3 stride-1 convolution on a feature map of at least
+    ``min_side`` pixels, which NNPACK computes with the Winograd transform F(6x6, 3x3) (Lavin &
+    Gray 2016): it multiplies in the transformed domain, about 4x fewer multiplies than direct
+    convolution for a few float roundings more (outputs within 3e-5 of eager for the default
+    layouts). Nothing is exported or cached: the convolutions are redirected while the network
+    runs, per thread (a torch function mode), so concurrent requests and eager calls of the same
+    network are untouched. Weights in channels_last are read through a contiguous copy made once
+    per weight version (NNPACK reads NCHW), so in-place edits are seen."""
+
+    library = "nnpack"
+
+    def __init__(self, module: torch.nn.Module, forward: Forward, cache_dir: Path | None = None):
+        super().__init__()
+        self.forward = forward
+        self.min_side = WINOGRAD_MIN_SIDE
+        self.routed = 0  # convolutions NNPACK computed, all calls together
+        self._last_routed = False
+        self._weights: dict[int, tuple] = {}  # id(weight) -> (weakref, (version, address), NCHW copy)
+
+    @property
+    def label(self) -> str:
+        return LABELS["winograd"]
+
+    @property
+    def ready(self) -> bool:
+        return self._last_routed
+
+    def run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
+        if x.device.type != "cpu" or not nnpack_available():
+            self.fall_back("NNPACK is not available in this PyTorch build or on this CPU (it needs AVX2)")
+            return None
+        before = self.routed
+        with torch.inference_mode(), _WinogradConvolutions(self):
+            out = self.forward(x.detach().to(torch.float32).contiguous(), t)
+        self._last_routed = self.routed > before
+        return out.float()
+
+    def convolve(self, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor | None:
+        """``F.conv2d``'s result through NNPACK, or None where it does not apply."""
+        if not self._applies(input, weight, stride, padding, dilation, groups):
+            return None
+        weight, pad = self._nchw(weight), list(_pair(padding))
+        images = [torch._nnpack_spatial_convolution(image.unsqueeze(0).contiguous(), weight, bias, pad, [1, 1])
+                  for image in input]  # one image at a time: NNPACK's batched path is its slow training one
+        self.routed += 1
+        return images[0] if len(images) == 1 else torch.cat(images)
+
+    def _applies(self, input, weight, stride, padding, dilation, groups) -> bool:
+        return (input.dim() == 4 and input.dtype == torch.float32 and input.device.type == "cpu"
+                and weight.dtype == torch.float32 and tuple(weight.shape[2:]) == (3, 3)
+                and _pair(stride) == (1, 1) and _pair(dilation) == (1, 1) and groups == 1
+                and not isinstance(padding, str) and max(_pair(padding)) < 3
+                and min(input.shape[2:]) >= self.min_side)
+
+    def _nchw(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.is_contiguous():
+            return weight
+        stamp = (weight._version, weight.data_ptr())
+        with self._lock:
+            held = self._weights.get(id(weight))
+            if held is None or held[0]() is not weight or held[1] != stamp:
+                if held is None:  # forget the copy with the weight (ids are reused after that)
+                    weakref.finalize(weight, self._weights.pop, id(weight), None)
+                held = (weakref.ref(weight), stamp, weight.contiguous())
+                self._weights[id(weight)] = held
+            return held[2]
+
+
+class _WinogradConvolutions(TorchFunctionMode):
+    """While active on this thread, ``F.conv2d`` calls go to the engine first."""
+
+    def __init__(self, engine: WinogradEngine):
+        super().__init__()
+        self.engine = engine
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func == torch.conv2d:
+            out = self.engine.convolve(*args, **kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
+
+
+class ExportedEngine(Engine):
     """One network exported for an engine: exported once (or read from the disk cache),
     prepared once per batch size where the engine wants static shapes. Shared by concurrent
     requests; each call gets its own inference state, so nothing of a request is stored here.
 
     Subclasses say how to export, save, load, prepare and run; this class owns when."""
 
-    library = ""  # the module to import (ImportError: the engine is not installed)
-
     def __init__(self, module: torch.nn.Module, forward: Forward, cache_dir: Path | None = None):
+        super().__init__()
         self.module, self.forward = module, forward
         self.cache_dir = cache_dir
         self.converted = 0  # exports from PyTorch
         self.loaded = 0  # networks read from the disk cache
         self._model: tuple[Any, Any] | None = None  # (weights fingerprint, loaded network)
         self._prepared: dict[int, Any] = {}
-        self._lock = threading.Lock()
-        self._said: set[str] = set()
 
     @property
     def label(self) -> str:
@@ -125,8 +271,6 @@ class ExportedEngine:
     # --- running ------------------------------------------------------------------------
 
     def run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
-        """The network's output at (x, t) in float32, or None (logged once) where the engine
-        cannot be used and the caller must run PyTorch eager."""
         try:
             program = self._program(x)
         except ImportError:
@@ -138,13 +282,6 @@ class ExportedEngine:
         sample = x.detach().to("cpu", torch.float32).contiguous()
         timesteps = t.detach().to("cpu", torch.float32).reshape(-1).expand(x.shape[0]).contiguous()
         return torch.from_numpy(self._infer(program, sample.numpy(), timesteps.numpy())).to(x.device)
-
-    def fall_back(self, reason: str) -> None:
-        with self._lock:
-            if reason in self._said:
-                return
-            self._said.add(reason)
-        log.warning("running the UNet on PyTorch eager: %s", reason)
 
     def _program(self, x: torch.Tensor):
         library = importlib.import_module(self.library)
@@ -288,7 +425,9 @@ class OpenVINOEngine(ExportedEngine):
         return request.get_output_tensor(0).data.copy()
 
 
-ENGINES: dict[str, type[ExportedEngine]] = {"onnxruntime": OnnxRuntimeEngine, "openvino": OpenVINOEngine}
+ENGINES: dict[str, type[Engine]] = {"winograd": WinogradEngine, "onnxruntime": OnnxRuntimeEngine,
+                                    "openvino": OpenVINOEngine}
+EXPORTED = tuple(name for name, engine in ENGINES.items() if issubclass(engine, ExportedEngine))
 
 
 class _AsModule(torch.nn.Module):

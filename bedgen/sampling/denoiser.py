@@ -13,7 +13,8 @@ of Karras et al. 2022 (EDM, Sec. 5 and Table 1) and k-diffusion's model wrappers
 * :meth:`Denoiser.score`: ∇ₓ log p_σ(x) for σ-conditioned score networks (smld).
 
 Every call goes through :meth:`Denoiser.network`, which owns what a UNet call needs at
-inference: the engine (PyTorch eager, or ONNX Runtime / OpenVINO for fp32 on the CPU: ``backends.py``),
+inference: the engine (PyTorch eager; for fp32 on the CPU also NNPACK Winograd, ONNX Runtime or
+OpenVINO: ``backends.py``),
 autocast to the request's compute dtype, channels_last input (the layout
 ``SharedPlacement`` gives the weights), float32 output. A Denoiser holds the network,
 facts about it and its converted programs only; the placement comes with each call, so

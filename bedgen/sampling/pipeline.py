@@ -180,7 +180,7 @@ class Pipeline:
         ``step_size`` is for score models only: Langevin's ε, or the corrector's
         signal-to-noise ratio for ``pc`` (default: the model's config). ``on_preview`` is
         called with each trajectory frame as it is made (so only when ``trajectory_every`` > 0).
-        ``backend``: auto|eager|onnxruntime|openvino (default ``BEDGEN_BACKEND``, else auto; see ``backends.py``).
+        ``backend``: auto|eager|winograd|onnxruntime|openvino (default ``BEDGEN_BACKEND``, else auto; see ``backends.py``).
         """
         n = whole_number("number of images", n, 1, MAX_IMAGES)
         seed = whole_number("seed", seed, 0, MAX_SEED - n)

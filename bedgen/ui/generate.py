@@ -16,7 +16,7 @@ from ..core.checks import optional_positive_number, whole_number
 from ..core.device import cpu_has_bf16, cpu_kind, resolve
 from ..core.errors import BedgenError
 from ..core.hub import parse_hub_ref
-from ..sampling.backends import LABELS, choose_backend
+from ..sampling.backends import EXPORTED, LABELS, choose_backend
 from ..sampling.pipeline import MAX_SEED
 from ..sampling.schedulers import ALL_SAMPLERS, CONSISTENCY_STEPS
 from ..storage.registry import CPU_DEFAULT_MODEL, CURATED_HUB_MODELS, all_models, local_models
@@ -73,7 +73,7 @@ def machine_note(settings: AppSettings) -> str:
     export = ""
     if engine != "eager":
         bf16 += f" on {LABELS[engine]}"
-        # the one slow click a visitor would otherwise have to guess about
+    if engine in EXPORTED:  # the one slow click a visitor would otherwise have to guess about
         export = f" A large model's first click takes longer: it is exported for {LABELS[engine]} once, then cached."
     head = f"No GPU here ({cpu_kind()} CPU, {bf16}): every step is one network evaluation, so "
     if settings.default_model == CPU_DEFAULT_MODEL:
