@@ -124,8 +124,9 @@ class Inception:
         state = _read_weights(self.path)
         self.sha256 = file_sha256(self.path)
         self.has_logits = all(name in state for name in CLASSIFIER)
+        # The conversion counts as standard only as it was made: a classifier added to it is no one's.
         self.standard = (self.sha256.startswith(STANDARD_WEIGHTS_SHA256_PREFIX)
-                         or pool3_digest(state) == CONVERTED_POOL3_DIGEST)
+                         or (not self.has_logits and pool3_digest(state) == CONVERTED_POOL3_DIGEST))
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self._model = _build_extractor(self.path, state).to(self.device)
         self._lock = threading.Lock()  # the layers to compute are set on the shared module per call
@@ -952,6 +953,6 @@ def _now() -> str:
 __all__ = [
     "DEFAULT_MAX_FEATURES", "FEATURE_LAYERS", "Inception", "METRICS", "ReferenceStats", "SampleFeatures", "cached_reference_stats",
     "check_request", "check_sample_count", "compute_metrics", "compute_reference_stats", "default_metrics",
-    "evaluate", "fid_of_features", "pool3_digest", "frechet_distance", "make_result", "open_reference", "parse_metrics", "record_result", "reference_cache_dir",
-    "sample_features", "shard", "shared_inception",
+    "evaluate", "fid_of_features", "frechet_distance", "make_result", "open_reference", "parse_metrics", "pool3_digest", "record_result",
+    "reference_cache_dir", "sample_features", "shard", "shared_inception",
 ]
