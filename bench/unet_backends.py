@@ -105,10 +105,10 @@ def torch_dynamic_int8(unet, x, t) -> Run:
 
 def nnpack_winograd(unet, x, t, min_side: int = WINOGRAD_MIN_SIDE) -> Run:
     """bedgen's Winograd engine: 3x3 convolutions on maps of >= min_side pixels through NNPACK,
-    the rest eager fp32; weights in channels_last as the app lays them out."""
+    the rest eager fp32; weights in NCHW, as the app lays them out for this engine."""
     if not nnpack_available():
         raise Skip("NNPACK is not available in this PyTorch build or on this CPU")
-    net = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+    net = copy.deepcopy(unet).to(memory_format=torch.contiguous_format)
     engine = WinogradEngine(net, lambda x, t: net(x, t).sample)
     engine.min_side = min_side
     return engine.run

@@ -20,8 +20,8 @@ from bedgen.core.device import cpu_kind, resolve
 from bedgen.core.errors import BedgenError
 from bedgen.models.unet import build_training_scheduler, build_unet
 from bedgen.sampling.backends import (
-    ENGINE_MIN_PARAMETERS, WINOGRAD_MIN_SIDE, OnnxRuntimeEngine, OpenVINOEngine, check_backend, choose_backend,
-    nnpack_available,
+    ENGINE_MIN_PARAMETERS, WINOGRAD_MIN_SIDE, OnnxRuntimeEngine, OpenVINOEngine, channels_last_weights, check_backend,
+    choose_backend, nnpack_available,
 )
 from bedgen.sampling.denoiser import Denoiser
 from bedgen.sampling.pipeline import Pipeline
@@ -293,7 +293,7 @@ WINOGRAD = replace(CPU, backend="winograd")
 
 def _winograd_model(resolution=WINOGRAD_MIN_SIDE, channels_last=True):
     """A network whose first level's 3x3 convolutions see WINOGRAD_MIN_SIDE-pixel maps, with its
-    weights in channels_last as SharedPlacement lays them out (NNPACK reads an NCHW copy)."""
+    weights in channels_last (as a forced winograd request may find them; NNPACK reads an NCHW copy)."""
     config = tiny_config(resolution=resolution)
     torch.manual_seed(0)
     unet = build_unet(config).eval()
@@ -408,3 +408,29 @@ def test_auto_runs_a_large_network_on_winograd_on_this_avx2_cpu(tmp_path, monkey
     assert large.engines["winograd"].routed > 0
     assert large.describe(CPU) == f"{CPU.describe()}; on NNPACK Winograd"
     assert (out - large.network(x, 5, EAGER)).abs().max() < ATOL
+
+
+def test_weights_are_laid_out_for_the_engine_auto_runs(monkeypatch):
+    """channels_last for eager and the GPU's kernels; NCHW where auto runs Winograd (NNPACK reads
+    NCHW; channels_last weights would make the activations switch layouts at every convolution)."""
+    monkeypatch.delenv("BEDGEN_BACKEND", raising=False)
+    large, small = ENGINE_MIN_PARAMETERS, ENGINE_MIN_PARAMETERS - 1
+    assert channels_last_weights(CPU, small)
+    assert channels_last_weights(replace(CPU, device=torch.device("cuda"), dtype=torch.bfloat16), large)
+    assert channels_last_weights(CPU, large) == (choose_backend(None, CPU, large)[0] != "winograd")
+    monkeypatch.setenv("BEDGEN_BACKEND", "eager")
+    assert channels_last_weights(CPU, large)
+    monkeypatch.setenv("BEDGEN_BACKEND", "winograd")
+    assert not channels_last_weights(CPU, small)
+
+
+def test_a_pipeline_moves_its_weights_in_the_layout_of_its_engine(monkeypatch):
+    pipe = _pipeline(resolution=WINOGRAD_MIN_SIDE)
+    monkeypatch.setenv("BEDGEN_BACKEND", "winograd")
+    pipe.generate(n=1, steps=1, scheduler="ddim", device="cpu", dtype="fp32")
+    assert pipe.unet.conv_in.weight.is_contiguous()
+    fresh = _pipeline(resolution=WINOGRAD_MIN_SIDE)
+    monkeypatch.setenv("BEDGEN_BACKEND", "eager")
+    fresh.generate(n=1, steps=1, scheduler="ddim", device="cpu", dtype="fp32")
+    assert fresh.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not fresh.unet.conv_in.weight.is_contiguous()

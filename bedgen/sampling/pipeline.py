@@ -30,7 +30,7 @@ from ..models import autoencoders
 from ..storage.checkpoint import is_autoencoder_checkpoint, latest_in_run, load_autoencoder_checkpoint
 from ..core.files import recover_interrupted_save
 from ..core.hub import resolve_ref
-from .backends import check_backend
+from .backends import channels_last_weights, check_backend
 from .denoiser import Denoiser
 from .placement import SharedPlacement
 from .schedulers import (
@@ -71,7 +71,8 @@ class Pipeline:
         # Latent diffusion: the UNet runs on autoencoder latents z·s (s = scaling_factor).
         self.autoencoder = autoencoder.eval().requires_grad_(False) if autoencoder is not None else None
         self.placement = SharedPlacement(
-            lambda: [self.unet] + ([self.autoencoder] if self.autoencoder is not None else []), channels_last=True)
+            lambda: [self.unet] + ([self.autoencoder] if self.autoencoder is not None else []),
+            channels_last=lambda placement: channels_last_weights(placement, self.denoiser.parameters))
 
     @classmethod
     def from_ref(cls, ref: str) -> "Pipeline":

@@ -19,7 +19,11 @@ from ..core.device import Placement
 
 
 class SharedPlacement:
-    def __init__(self, networks: Callable[[], list[torch.nn.Module]], channels_last: bool = False):
+    """``channels_last(placement)``: whether the networks' weights go in channels_last on that
+    placement's device (the layout the engine that runs them there reads fastest)."""
+
+    def __init__(self, networks: Callable[[], list[torch.nn.Module]],
+                 channels_last: Callable[[Placement], bool] = lambda placement: False):
         self._networks, self._channels_last = networks, channels_last
         self._current: Placement | None = None
         self._running = 0
@@ -51,9 +55,6 @@ class SharedPlacement:
         return self._current is not None and self._current.device == placement.device
 
     def _move(self, placement: Placement) -> None:
+        layout = torch.channels_last if self._channels_last(placement) else torch.contiguous_format
         for network in self._networks():
-            if self._channels_last:
-                # channels_last lets oneDNN/cuDNN pick their fastest convolution kernels.
-                network.to(device=placement.device, memory_format=torch.channels_last)
-            else:
-                network.to(device=placement.device)
+            network.to(device=placement.device, memory_format=layout)
