@@ -70,7 +70,7 @@ def seconds_per_evaluation(unet: torch.nn.Module, repeats: int, backend: str, ca
     # the weights as SharedPlacement lays them out for auto's engine (NCHW for Winograd), and in
     # channels_last, eager's fastest, for the named backends
     parameters = sum(p.numel() for p in unet.parameters())
-    channels_last = backend != "auto" or channels_last_weights(placement, parameters)
+    channels_last = backend != "auto" or channels_last_weights(placement, parameters, side=256)
     unet = unet.eval().to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     x = torch.randn(1, 3, 256, 256)
 
@@ -81,7 +81,7 @@ def seconds_per_evaluation(unet: torch.nn.Module, repeats: int, backend: str, ca
         return d
 
     d = denoiser()
-    engine = choose_backend(backend, placement, d.parameters)
+    engine = choose_backend(backend, placement, d.parameters, side=256)
     start = time.perf_counter()
     d.network(x, 500, placement)
     first = time.perf_counter() - start

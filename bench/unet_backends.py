@@ -299,10 +299,10 @@ def main() -> None:
     parser.add_argument("--winograd-sides", type=int, nargs="+", default=[],
                         help="also time the Winograd engine routing maps of at least each of these sides")
     args = parser.parse_args()
-    for side in args.winograd_sides:
-        CANDIDATES[f"nnpack winograd fp32 (3x3 convs on maps >= {side} px)"] = (
-            lambda u, x, t, side=side: nnpack_winograd(u, x, t, side))
-    names = [n for n in CANDIDATES if n == BASELINE or (args.only is None or n in args.only)]
+    sides = {f"nnpack winograd fp32 (3x3 convs on maps >= {side} px)": side for side in args.winograd_sides}
+    for name, side in sides.items():
+        CANDIDATES[name] = lambda u, x, t, side=side: nnpack_winograd(u, x, t, side)
+    names = [n for n in CANDIDATES if n == BASELINE or n in sides or (args.only is None or n in args.only)]
     opt_in = {"torch.compile inductor fp32": args.compile, STATIC_INT8: args.static_int8}
     names = [n for n in names if opt_in.get(n, True) or args.only and n in args.only]
     print(describe_machine(), flush=True)

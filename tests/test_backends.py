@@ -20,7 +20,7 @@ from bedgen.core.device import cpu_kind, resolve
 from bedgen.core.errors import BedgenError
 from bedgen.models.unet import build_training_scheduler, build_unet
 from bedgen.sampling.backends import (
-    ENGINE_MIN_PARAMETERS, WINOGRAD_MIN_SIDE, OnnxRuntimeEngine, OpenVINOEngine, channels_last_weights, check_backend,
+    ENGINE_MIN_PARAMETERS, WINOGRAD_MIN_IMAGE, WINOGRAD_MIN_SIDE, OnnxRuntimeEngine, OpenVINOEngine, channels_last_weights, check_backend,
     choose_backend, nnpack_available,
 )
 from bedgen.sampling.denoiser import Denoiser
@@ -201,10 +201,15 @@ def test_the_choice_per_placement_cpu_kind_and_network_size(monkeypatch):
 
 
 @pytest.mark.skipif(not nnpack_available(), reason="needs NNPACK (an x86 CPU with AVX2)")
-def test_auto_on_avx2_picks_winograd_where_nnpack_runs(monkeypatch):
+def test_auto_on_avx2_picks_winograd_for_large_images_where_nnpack_runs(monkeypatch):
     monkeypatch.delenv("BEDGEN_BACKEND", raising=False)
-    assert choose_backend(None, CPU, ENGINE_MIN_PARAMETERS, kind="AVX2") == (
+    large = ENGINE_MIN_PARAMETERS
+    assert choose_backend(None, CPU, large, kind="AVX2") == (
         "winograd", "auto: the fastest fp32 path measured on AVX2 CPUs (bench/RESULTS.md)")
+    assert choose_backend(None, CPU, large, kind="AVX2", side=WINOGRAD_MIN_IMAGE)[0] == "winograd"
+    # on small images NNPACK's transforms cost more than they save: ONNX Runtime measured faster
+    assert choose_backend(None, CPU, large, kind="AVX2", side=WINOGRAD_MIN_IMAGE - 1)[0] == "onnxruntime"
+    assert channels_last_weights(CPU, large, side=WINOGRAD_MIN_IMAGE - 1)
 
 
 def test_auto_on_avx2_without_nnpack_picks_onnx_runtime(monkeypatch):
@@ -398,12 +403,14 @@ def test_without_nnpack_winograd_runs_eager_and_says_why_once(model, tmp_path, m
 def test_auto_runs_a_large_network_on_winograd_on_this_avx2_cpu(tmp_path, monkeypatch):
     """The default path itself on an AVX2 CPU: no backend named, fp32."""
     monkeypatch.delenv("BEDGEN_BACKEND", raising=False)
-    config = tiny_config(**{"resolution": WINOGRAD_MIN_SIDE, "unet.block_out_channels": (160, 320),
-                            "unet.norm_num_groups": 32})
+    levels = (8, 16, 16, 32, 320)  # over 5 M weights, nearly all on the 16 px level: cheap at 256 px
+    config = tiny_config(**{"resolution": WINOGRAD_MIN_IMAGE, "unet.block_out_channels": levels,
+                            "unet.down_block_types": ("DownBlock2D",) * len(levels),
+                            "unet.up_block_types": ("UpBlock2D",) * len(levels)})
     torch.manual_seed(0)
     large = denoiser(build_unet(config).eval(), build_training_scheduler(config), tmp_path)
     assert large.parameters >= ENGINE_MIN_PARAMETERS
-    x = torch.randn(1, 3, WINOGRAD_MIN_SIDE, WINOGRAD_MIN_SIDE)
+    x = torch.randn(1, 3, WINOGRAD_MIN_IMAGE, WINOGRAD_MIN_IMAGE)
     out = large.network(x, 5, CPU)
     assert large.engines["winograd"].routed > 0
     assert large.describe(CPU) == f"{CPU.describe()}; on NNPACK Winograd"

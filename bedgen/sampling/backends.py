@@ -5,14 +5,17 @@ ONNX Runtime or OpenVINO.
 
 - CUDA/MPS: PyTorch eager under the GPU's autocast.
 - CPUs with native bf16 (AVX512-BF16, AMX): PyTorch eager under bf16 autocast (3.5x fp32 there).
-- AVX2 CPUs, computing in fp32, for networks of at least ``ENGINE_MIN_PARAMETERS`` weights:
+- AVX2 CPUs, computing in fp32, for networks of at least ``ENGINE_MIN_PARAMETERS`` weights on
+  images of at least ``WINOGRAD_MIN_IMAGE`` pixels a side:
   PyTorch eager with each 3x3 convolution on a large feature map computed by NNPACK's Winograd
   transform (``winograd``). Winograd's F(6x6, 3x3) (Lavin & Gray 2016, "Fast Algorithms for
   Convolutional Neural Networks") needs about a quarter of direct convolution's multiplies, so it
-  beats the direct-convolution floor that every other engine sits on; on a quiet 2-core AVX2
-  EPYC one 256 px evaluation of the consistency model's layout took 2x less than eager, and
-  ddpm-mid's 1.6x less, with outputs equal to 3e-5.
-- other CPUs computing in fp32 (AVX512 without bf16, or a PyTorch without NNPACK): ONNX
+  goes under the direct-convolution floor that every other engine sits on. On a quiet 2-core
+  AVX2 EPYC one 256 px evaluation took 8.51 s for the consistency model's layout and 2.54 s for
+  ddpm-mid, against 12.11 s and 2.89 s on ONNX Runtime and 13.64 s and 3.34 s on eager
+  (channels_last), with outputs within 3e-5 of eager's (bench/cpu_defaults.py).
+- other CPUs computing in fp32 (AVX512 without bf16, or a PyTorch without NNPACK), and AVX2
+  CPUs on smaller images: ONNX
   Runtime, for networks of at least ``ENGINE_MIN_PARAMETERS`` weights (1.37x eager for ddpm-mid
   on the same AVX2 EPYC; OpenVINO 1.30x). Its export takes seconds, not OpenVINO's minutes.
 
@@ -64,10 +67,16 @@ LABELS = {"winograd": "NNPACK Winograd", "onnxruntime": "ONNX Runtime", "openvin
 # NNPACK's kernels are AVX2 ones; on AVX512 oneDNN's direct convolutions are twice as wide, and
 # which wins there has not been measured, so those CPUs keep ONNX Runtime.
 WINOGRAD_KINDS = ("AVX2",)
-# A 3x3 convolution goes to NNPACK when both sides of its input are at least this: at 256 px
-# routing sides >= 32 was fastest for both default layouts (bench/unet_backends.py --winograd-sides);
-# on 16 x 16 maps of 1024 channels NNPACK was slower than oneDNN.
+# A 3x3 convolution goes to NNPACK when both sides of its input are at least this: for ddpm-mid at
+# 256 px, routing sides >= 32 or >= 64 was fastest (1.38x / 1.40x eager at batch 1, 1.51x / 1.50x at
+# batch 4), >= 16 slower (1.24x / 1.43x) (bench/unet_backends.py --winograd-sides 16 64); one layer
+# of 1024 channels on a 16 x 16 map ran slower on NNPACK than on oneDNN.
 WINOGRAD_MIN_SIDE = 32
+# auto takes the Winograd engine for images of at least this side. ddpm-mid against diffusers' fp32
+# eager, batch 1 (bench/unet_backends.py, quiet 2-core AVX2 EPYC): at 256 px Winograd 1.38x, ONNX
+# Runtime 1.16x; at 128 px 1.01x and 1.15x; at 64 px 0.85x and 1.29x. On smaller maps NNPACK's
+# per-call transforms cost more than the multiplies they save.
+WINOGRAD_MIN_IMAGE = 256
 log = logging.getLogger("bedgen.backends")
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,15 +97,16 @@ def compiled_cache_dir() -> Path:
 
 
 def choose_backend(name: str | None, placement: Placement, parameters: int | None = None,
-                   kind: str | None = None) -> tuple[str, str]:
+                   kind: str | None = None, side: int | None = None) -> tuple[str, str]:
     """(``eager``, ``winograd``, ``onnxruntime`` or ``openvino``, why) for a request on
-    ``placement`` with a network of ``parameters`` weights (None: unknown, taken as large), on a
-    CPU of ``kind`` (``bedgen.core.device.cpu_kind``; None: this machine's)."""
+    ``placement`` with a network of ``parameters`` weights and an input of ``side`` pixels (None:
+    unknown, taken as large), on a CPU of ``kind`` (``bedgen.core.device.cpu_kind``; None: this
+    machine's)."""
     name = check_backend(name)
     if name == "eager":
         return "eager", "asked for"
     if name == "auto":
-        return _auto(placement, parameters, kind or cpu_kind())
+        return _auto(placement, parameters, kind or cpu_kind(), side)
     label = LABELS[name]
     if placement.device.type != "cpu":
         return "eager", f"{label} runs on the CPU only, this request runs on {placement.device.type}"
@@ -105,7 +115,7 @@ def choose_backend(name: str | None, placement: Placement, parameters: int | Non
     return name, "asked for"
 
 
-def _auto(placement: Placement, parameters: int | None, kind: str) -> tuple[str, str]:
+def _auto(placement: Placement, parameters: int | None, kind: str, side: int | None) -> tuple[str, str]:
     if placement.device.type != "cpu":
         return "eager", f"auto: PyTorch's autocast on {placement.device.type}"
     if placement.dtype != torch.float32:
@@ -113,18 +123,19 @@ def _auto(placement: Placement, parameters: int | None, kind: str) -> tuple[str,
     if parameters is not None and parameters < ENGINE_MIN_PARAMETERS:
         return "eager", (f"auto: a network of {parameters:,} weights evaluates in milliseconds; "
                          "an export would cost more than it saves")
-    if kind in WINOGRAD_KINDS and nnpack_available():
+    large_image = side is None or side >= WINOGRAD_MIN_IMAGE
+    if kind in WINOGRAD_KINDS and large_image and nnpack_available():
         return "winograd", f"auto: the fastest fp32 path measured on {kind} CPUs (bench/RESULTS.md)"
     return "onnxruntime", "auto: the fastest fp32 CPU engine measured (bench/RESULTS.md)"
 
 
-def channels_last_weights(placement: Placement, parameters: int | None = None) -> bool:
+def channels_last_weights(placement: Placement, parameters: int | None = None, side: int | None = None) -> bool:
     """The layout of a network's weights on ``placement``'s device: channels_last, which lets
     oneDNN and cuDNN pick their fastest kernels, except where auto runs the network on the
     Winograd engine. NNPACK reads NCHW, and with channels_last weights every other convolution
     would switch the activations to channels_last and each routed one back (ddpm-mid at 256 px on
     a 2-core AVX2 EPYC: 3.14 s with channels_last weights against 2.4 s in NCHW)."""
-    return choose_backend(None, placement, parameters)[0] != "winograd"
+    return choose_backend(None, placement, parameters, side=side)[0] != "winograd"
 
 
 def nnpack_available() -> bool:

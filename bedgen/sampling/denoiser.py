@@ -47,6 +47,8 @@ class Denoiser:
         self.prediction_type = prediction_type
         self.channels = int(unet.config.in_channels)
         self.parameters = sum(p.numel() for p in unet.parameters())
+        size = unet.config.sample_size  # the side it samples at, unless a request says otherwise
+        self.side = int(size if isinstance(size, int) else min(size))
         self.engines = {name: engine(unet, self._forward) for name, engine in ENGINES.items()}
 
     @classmethod
@@ -60,7 +62,7 @@ class Denoiser:
     def describe(self, placement: Placement) -> str:
         """``placement.describe()``, and the engine that ran the network where it is not PyTorch:
         only once that engine is ready, so a fall-back to eager is never reported as the engine."""
-        engine = choose_backend(placement.backend, placement, self.parameters)[0]
+        engine = choose_backend(placement.backend, placement, self.parameters, side=self.side)[0]
         if engine != "eager" and self.engines[engine].ready:
             return f"{placement.describe()}; on {self.engines[engine].label}"
         return placement.describe()
@@ -70,7 +72,7 @@ class Denoiser:
         unless ``keep_variance``. The only UNet call of bedgen's inference."""
         t = torch.as_tensor(t, device=x.device)
         out = None
-        engine = choose_backend(placement.backend, placement, self.parameters)[0]
+        engine = choose_backend(placement.backend, placement, self.parameters, side=min(x.shape[2:]))[0]
         if engine != "eager":
             out = self.engines[engine].run(x, t)  # None: it could not, and said why
         if out is None:

@@ -72,7 +72,8 @@ class Pipeline:
         self.autoencoder = autoencoder.eval().requires_grad_(False) if autoencoder is not None else None
         self.placement = SharedPlacement(
             lambda: [self.unet] + ([self.autoencoder] if self.autoencoder is not None else []),
-            channels_last=lambda placement: channels_last_weights(placement, self.denoiser.parameters))
+            channels_last=lambda placement: channels_last_weights(placement, self.denoiser.parameters,
+                                                                  self.denoiser.side))
 
     @classmethod
     def from_ref(cls, ref: str) -> "Pipeline":

@@ -78,7 +78,7 @@ def machine_note(settings: AppSettings) -> str:
     head = f"No GPU here ({cpu_kind()} CPU, {bf16}): every step is one network evaluation, so "
     if settings.default_model == CPU_DEFAULT_MODEL:
         return head + (f"the tab opens on a consistency model at {CONSISTENCY_STEPS} steps: published FID 5.22 on "
-                       "LSUN Bedroom 256, against 6.36 for the 1000-step DDPM, in about 40 % of the time of a "
+                       "LSUN Bedroom 256, against 6.36 for the 1000-step DDPM, in about a third of the time of a "
                        "20-step DDPM click. Diffusion models need 10-50 steps; `bedgen distill` makes a 1-4-step "
                        "student of one." + export)
     return head + ("consistency models (e.g. openai/diffusers-cd_bedroom256_lpips, or a student made by "

@@ -46,8 +46,9 @@ def default_model_for_machine() -> str:
     With a GPU: the 1000-step DDPM (google/ddpm-ema-bedroom-256, published FID 6.36), sampled with
     DPM-Solver++ in 20 steps. Without one: the consistency distillation of an LSUN Bedroom 256
     model (openai/diffusers-cd_bedroom256_lpips) at 2 steps, published FID 5.22, so no worse;
-    one evaluation of its UNet costs 4.2 of the DDPM's on a 2-core AVX2 CPU (bench/cpu_defaults.py,
-    bench/RESULTS.md), so a click takes 2 x 4.2 = 8.4 evaluations' time instead of 20 (2.4x faster).
+    one evaluation of its UNet costs 3.4 of the DDPM's on a 2-core AVX2 CPU with the Winograd engine
+    (bench/cpu_defaults.py, bench/RESULTS.md), so a click takes 2 x 3.4 = 6.7 evaluations' time
+    instead of 20 (3.0x faster: 17.0 s against 50.7 s there).
     """
     return DEFAULT_MODEL if torch.cuda.is_available() else CPU_DEFAULT_MODEL
 
