@@ -52,8 +52,11 @@ def test_holds_no_request_state(learned):
     """The app shares one pipeline between concurrent requests: the placement comes with each call."""
     denoiser = Denoiser.for_model(*learned)
     denoiser.split(torch.randn(1, 3, 8, 8), 3, torch.tensor(0.5), CPU)
-    assert set(vars(denoiser)) == {"unet", "kind", "prediction_type", "channels", "parameters", "engines"}
-    # the engines cache programs per weights and batch size, nothing of a request
-    for engine in denoiser.engines.values():
-        assert set(vars(engine)) == {"module", "forward", "cache_dir", "converted", "loaded", "_model",
-                                     "_prepared", "_lock", "_said"}
+    assert set(vars(denoiser)) == {"unet", "kind", "prediction_type", "channels", "parameters", "side", "engines"}
+    # the exported engines cache programs per weights and batch size, the Winograd engine NCHW copies
+    # of weights and counts of what it routed; nothing of a request
+    for name, engine in denoiser.engines.items():
+        expected = ({"forward", "min_side", "routed", "_last_routed", "_weights", "_lock", "_said"}
+                    if name == "winograd" else
+                    {"module", "forward", "cache_dir", "converted", "loaded", "_model", "_prepared", "_lock", "_said"})
+        assert set(vars(engine)) == expected
