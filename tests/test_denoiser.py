@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import CMStochasticIterativeScheduler, DDIMScheduler, DDPMScheduler, ScoreSdeVeScheduler
+from diffusers import CMStochasticIterativeScheduler, DDIMScheduler, DDPMScheduler, ScoreSdeVeScheduler, UNet2DModel
 
 from bedgen.core.device import resolve
 from bedgen.models.unet import build_training_scheduler, build_unet
@@ -60,3 +60,12 @@ def test_holds_no_request_state(learned):
                     if name == "winograd" else
                     {"module", "forward", "cache_dir", "converted", "loaded", "_model", "_prepared", "_lock", "_said"})
         assert set(vars(engine)) == expected
+
+
+def test_the_side_is_read_from_the_config_and_may_be_unknown():
+    """A config's sample_size may be an int, a list (from JSON) or absent (diffusers' default);
+    an absent one must not stop a model from loading (the engine choice then takes it as large)."""
+    for size, side in ((16, 16), ([16, 24], 16), (None, None)):
+        unet = UNet2DModel(sample_size=size, block_out_channels=(8, 16), norm_num_groups=4,
+                           down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+        assert Denoiser(unet, "vp").side == side

@@ -48,7 +48,7 @@ class Denoiser:
         self.channels = int(unet.config.in_channels)
         self.parameters = sum(p.numel() for p in unet.parameters())
         size = unet.config.sample_size  # the side it samples at, unless a request says otherwise
-        self.side = int(size if isinstance(size, int) else min(size))
+        self.side = None if size is None else int(size if isinstance(size, int) else min(size))
         self.engines = {name: engine(unet, self._forward) for name, engine in ENGINES.items()}
 
     @classmethod
