@@ -37,6 +37,7 @@ engine needs no export: it runs the network as it is.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -106,13 +107,20 @@ def choose_backend(name: str | None, placement: Placement, parameters: int | Non
     if name == "eager":
         return "eager", "asked for"
     if name == "auto":
-        return _auto(placement, parameters, kind or cpu_kind(), side)
+        return _auto(placement, parameters, kind or _machine_kind(), side)
     label = LABELS[name]
     if placement.device.type != "cpu":
         return "eager", f"{label} runs on the CPU only, this request runs on {placement.device.type}"
     if placement.dtype != torch.float32:
         return "eager", f"{label} runs fp32 only, this request computes in bf16"
     return name, "asked for"
+
+
+@functools.cache
+def _machine_kind() -> str:
+    """This machine's CPU kind, read once: choose_backend runs at every network evaluation, and
+    the kind comes from parsing /proc/cpuinfo."""
+    return cpu_kind()
 
 
 def _auto(placement: Placement, parameters: int | None, kind: str, side: int | None) -> tuple[str, str]:
