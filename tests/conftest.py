@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+# One scratch folder per test session for the temporary files that libraries make outside
+# pytest's tmp_path, removed when the session ends. gradio_client alone leaves an empty folder
+# in the temp dir for every file it downloads (about 50 000 per run of this suite). Apps and
+# CLI processes started by the tests inherit it through TMPDIR, and their Gradio upload and
+# cache folder lies inside it. pytest's own tmp_path stays where it was (PYTEST_DEBUG_TEMPROOT),
+# so a failed run's folders are kept for reading.
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+SCRATCH = tempfile.mkdtemp(prefix="bedgen-tests-")
+tempfile.tempdir = SCRATCH
+os.environ["TMPDIR"] = SCRATCH
+os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(SCRATCH, "gradio"))
 
 # One compute thread per process, for this process and every app, CLI and training process
 # the tests start (they inherit the environment). The tests' networks are tiny, and the suite
@@ -24,7 +37,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Networks converted for OpenVINO (BEDGEN_BACKEND=openvino, tests/test_backends.py) never
 # land in the user's cache.
-os.environ.setdefault("BEDGEN_COMPILED_CACHE", tempfile.mkdtemp(prefix="bedgen-compiled-"))
+os.environ.setdefault("BEDGEN_COMPILED_CACHE", os.path.join(SCRATCH, "compiled"))
 
 from bedgen.storage.checkpoint import save_checkpoint  # noqa: E402
 from bedgen.config.overrides import override  # noqa: E402
@@ -218,3 +231,7 @@ def app_server(tmp_path_factory):
         yield app
     finally:
         app.stop()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SCRATCH, ignore_errors=True)
