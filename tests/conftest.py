@@ -9,7 +9,7 @@ from pathlib import Path
 
 # One scratch folder per test session for the temporary files that libraries make outside
 # pytest's tmp_path, removed when the session ends. gradio_client alone leaves an empty folder
-# in the temp dir for every file it downloads (about 50 000 per run of this suite). Apps and
+# in the temp dir for every file it downloads (603 from test_app.py alone). Apps and
 # CLI processes started by the tests inherit it through TMPDIR, and their Gradio upload and
 # cache folder lies inside it. pytest's own tmp_path stays where it was (PYTEST_DEBUG_TEMPROOT),
 # so a failed run's folders are kept for reading.
