@@ -204,58 +204,79 @@ def ratio_lines(rows: list[dict], method: str) -> list[str]:
     ]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str, student: bool = True) -> argparse.ArgumentParser:
+    """This bench's options; bench/solver_clip.py shares all but the student's (``student=False``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--resolution", type=int, default=32, help="image size, 32..64 (16 with --quick)")
     parser.add_argument("--images", type=int, default=1000, help="procedural training/reference images")
     parser.add_argument("--teacher-steps", type=int, default=800, help="training steps of the teacher")
-    parser.add_argument("--student-steps", type=int, default=300, help="distillation steps of the student")
     parser.add_argument("--samples", type=int, default=100, help="generated images per row (same seeds each row)")
     parser.add_argument("--batch", type=int, default=50, help="images per sampling batch")
     parser.add_argument("--teacher", default=None, help="an existing teacher run (skips training)")
-    parser.add_argument("--student", default=None, help="an existing student run (skips distillation)")
-    parser.add_argument("--method", default="consistency", choices=tuple(STUDENT_SAMPLER),
-                        help="how the student is distilled (bedgen distill --method)")
-    parser.add_argument("--start-steps", type=int, default=64,
-                        help="progressive: the teacher's DDIM steps the first stage halves (down to 1)")
+    if student:
+        parser.add_argument("--student-steps", type=int, default=300, help="distillation steps of the student")
+        parser.add_argument("--student", default=None, help="an existing student run (skips distillation)")
+        parser.add_argument("--method", default="consistency", choices=tuple(STUDENT_SAMPLER),
+                            help="how the student is distilled (bedgen distill --method)")
+        parser.add_argument("--start-steps", type=int, default=64,
+                            help="progressive: the teacher's DDIM steps the first stage halves (down to 1)")
     parser.add_argument("--inception-weights", type=Path, default=None,
                         help="torch-fidelity Inception weights (default: seeded random weights, labelled)")
     parser.add_argument("--feature-layer", default="2048", choices=FEATURE_LAYERS,
                         help="Inception features for FID/KID (2048 = pool3, the standard)")
     parser.add_argument("--out", type=Path, default=None, help="keep images, runs and statistics here")
     parser.add_argument("--quick", action="store_true", help="a smoke run of every code path: " + str(QUICK))
+    return parser
+
+
+def finish_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parsed arguments, with --quick's settings where an option was left at its default."""
     args = parser.parse_args(argv)
     if args.quick:
         for name, value in QUICK.items():
-            if parser.get_default(name) == getattr(args, name):
+            if hasattr(args, name) and parser.get_default(name) == getattr(args, name):
                 setattr(args, name, value)
     elif not 32 <= args.resolution <= 64:
         parser.error("--resolution must be 32..64 (16 only with --quick)")
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    scratch = None if args.out else tempfile.TemporaryDirectory(prefix="bedgen-quality-speed-")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return finish_args(build_parser(__doc__.splitlines()[0]), argv)
+
+
+def begin(args: argparse.Namespace, script: str, argv: list[str] | None):
+    """The output folder (a temporary one without --out, cleaned up by the caller) and the run's header."""
+    scratch = None if args.out else tempfile.TemporaryDirectory(prefix=f"bedgen-{Path(script).stem}-")
     out = args.out or Path(scratch.name)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     print(describe_machine())
     print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; load average at start: {load_average()}")
-    print(f"command: python bench/quality_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}", flush=True)
+    print(f"command: python {script} {' '.join(sys.argv[1:] if argv is None else argv)}", flush=True)
+    return out, scratch
 
-    data = prepare_images(out / f"rooms-{args.resolution}", args.images, args.resolution)
-    teacher = teacher_run(args, data, out)
-    student = student_run(args, teacher, data, out)
 
+def references(args: argparse.Namespace, data: Path, out: Path):
+    """(Inception, its statistics of the rooms, pixel statistics of the rooms, the random-weights label)."""
     weights, label = inception_file(args, out)
     inception = shared_inception(weights)
     reference = compute_reference_stats(str(data), args.resolution, inception_weights=inception,
                                         batch_size=args.batch, feature_layer=args.feature_layer)
     print(f"reference: {args.images} procedural rooms at {args.resolution} px; evaluating {args.samples} samples "
           "per row", flush=True)
-    teacher_nfe = QUICK_TEACHER_NFE if args.quick else TEACHER_NFE
     pixels = pixel_statistics(Image.open(path) for path in sorted(data.glob("*.png")))
+    return inception, reference, pixels, label
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    out, scratch = begin(args, "bench/quality_speed.py", argv)
+    data = prepare_images(out / f"rooms-{args.resolution}", args.images, args.resolution)
+    teacher = teacher_run(args, data, out)
+    student = student_run(args, teacher, data, out)
+    inception, reference, pixels, label = references(args, data, out)
+    teacher_nfe = QUICK_TEACHER_NFE if args.quick else TEACHER_NFE
     rows = rows_for(teacher, TEACHER_SAMPLERS, teacher_nfe, reference, pixels, inception, args, "teacher")
     rows += rows_for(student, (STUDENT_SAMPLER[args.method],), STUDENT_NFE, reference, pixels, inception, args,
                      student_label(args.method))

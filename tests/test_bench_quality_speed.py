@@ -46,3 +46,20 @@ def test_quick_run_prints_every_row_with_a_finite_fid_and_a_positive_time(tmp_pa
     assert f"**{LABEL}.**" in run.stdout.splitlines()
     assert "| model | sampler | NFE | FID (random Inception) | KID | pixel FD (8x8) | s/image |" in run.stdout
     assert "student FID at 2 NFE / teacher DPM-Solver++ FID at 20 NFE" in run.stdout
+
+
+@pytest.mark.slow
+def test_solver_clip_quick_run_compares_both_clips_on_one_teacher(tmp_path):
+    script = SCRIPT.with_name("solver_clip.py")
+    run = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=1200,
+                         env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = table(run.stdout)
+    samplers = ("ddim", "dpmsolver++", "dpmsolver++ thresholding", "unipc", "unipc thresholding")
+    assert list(rows) == [("teacher", sampler, 4) for sampler in samplers], run.stdout
+    for key, (fid, kid, pixel_fd, seconds) in rows.items():
+        assert math.isfinite(float(fid)) and float(pixel_fd) >= 0 and float(seconds) > 0, (key, fid, pixel_fd)
+    # a 2-step teacher's x̂0 leaves [-1, 1], so the two clips give different images
+    assert rows[("teacher", "dpmsolver++", 4)][2] != rows[("teacher", "dpmsolver++ thresholding", 4)][2]
+    assert f"**{LABEL}.**" in run.stdout.splitlines()
