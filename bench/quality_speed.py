@@ -177,6 +177,19 @@ def format_row(row: dict) -> str:
             f"| {row['pixel_fd']:.4f} | {row['s_per_image']:.4f} |")
 
 
+def print_table(rows: list[dict], label: str | None, caption: str) -> None:
+    """The Markdown table of ``rows`` under ``caption``, headed by ``label`` when the Inception weights are random."""
+    print()
+    if label:
+        print(f"**{label}.**")
+    print(caption)
+    print()
+    print(f"| model | sampler | NFE | {'FID (random Inception)' if label else 'FID'} | KID | pixel FD (8x8) | s/image |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(format_row(row))
+
+
 def find(rows: list[dict], model: str, sampler: str, nfe: int) -> dict | None:
     return next((r for r in rows if r["model"] == model and r["sampler"] == sampler and r["nfe"] == nfe
                  and "skipped" not in r), None)
@@ -281,19 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     rows += rows_for(student, (STUDENT_SAMPLER[args.method],), STUDENT_NFE, reference, pixels, inception, args,
                      student_label(args.method))
 
-    fid_head = "FID (random Inception)" if label else "FID"
-    print()
-    if label:
-        print(f"**{label}.**")
-    print(f"{args.samples} samples per row (FID from few samples is biased upwards; compare rows, not papers); "
-          f"reference: {args.images} images; {args.resolution} px; batch {args.batch}; "
-          f"Inception features: {args.feature_layer}-dim; "
-          f"teacher {teacher}; student {student}")
-    print()
-    print(f"| model | sampler | NFE | {fid_head} | KID | pixel FD (8x8) | s/image |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(format_row(row))
+    print_table(rows, label, f"{args.samples} samples per row (FID from few samples is biased upwards; compare "
+                f"rows, not papers); reference: {args.images} images; {args.resolution} px; batch {args.batch}; "
+                f"Inception features: {args.feature_layer}-dim; teacher {teacher}; student {student}")
     print()
     for line in ratio_lines(rows, args.method):
         print(f"- {line}")

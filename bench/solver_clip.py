@@ -66,16 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = qs.rows_for(teacher, add_thresholding_samplers(), tuple(args.nfe), reference, pixels, inception, args,
                        "teacher")
 
-    print()
-    if label:
-        print(f"**{label}.**")
-    print(f"{args.samples} samples per row (same seeds in every row); reference: {args.images} images; "
-          f"{args.resolution} px; Inception features: {args.feature_layer}-dim; teacher {teacher}")
-    print()
-    print(f"| model | sampler | NFE | {'FID (random Inception)' if label else 'FID'} | KID | pixel FD (8x8) | s/image |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(qs.format_row(row))
+    qs.print_table(rows, label, f"{args.samples} samples per row (same seeds in every row); reference: "
+                   f"{args.images} images; {args.resolution} px; Inception features: {args.feature_layer}-dim; "
+                   f"teacher {teacher}")
     print(f"\nload average at end: {qs.load_average()}; wall time {time.perf_counter() - started:.0f} s")
     if scratch is not None:
         scratch.cleanup()

@@ -48,10 +48,9 @@ class DDIMClipMixin:
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args, **kwargs):
         if self.step_index is None:
             self._init_step_index(timestep)
-        alpha, sigma = self._sigma_to_alpha_sigma_t(self.sigmas[self.step_index])
-        if sigma > 0:  # at σ = 0 the sample is already the solver's x̂0
-            x0, _ = split_prediction(model_output, sample, alpha**2, self.config.prediction_type)
-            sample = sample + alpha * (x0.clamp(-self.clip_range, self.clip_range) - x0)
+        alpha, _ = self._sigma_to_alpha_sigma_t(self.sigmas[self.step_index])
+        x0, _ = split_prediction(model_output, sample, alpha**2, self.config.prediction_type)
+        sample = sample + alpha * (x0.clamp(-self.clip_range, self.clip_range) - x0)
         return super().step(model_output, timestep, sample, *args, **kwargs)
 
 
