@@ -43,7 +43,7 @@ from bedgen.core.device import cpu_flags, cpu_kind, resolve  # noqa: E402
 from bedgen.models.unet import build_unet  # noqa: E402
 from bedgen.sampling.backends import channels_last_weights, choose_backend  # noqa: E402
 from bedgen.sampling.denoiser import Denoiser  # noqa: E402
-from bedgen.sampling.interpolate import DEFAULT_STEPS as INTERPOLATE_STEPS  # noqa: E402
+from bedgen.config.schema import INTERPOLATION_STEPS as INTERPOLATE_STEPS  # noqa: E402
 
 DDPM_STEPS = 20
 

@@ -188,3 +188,26 @@ def test_set_converts_json_values_to_the_field_type():
     assert config.train.lr == 1e-4 and isinstance(config.train.lr, float)
     assert config.train.batch_size == 8
     assert config.unet.block_out_channels == (32, 64, 96)
+
+
+def test_help_of_every_command_loads_no_sampler_or_app_libraries():
+    """``bedgen X --help`` and argument errors answer in seconds: building the parser reads
+    defaults from light modules, never from the sampler (diffusers) or the app (gradio)."""
+    probe = (
+        "import sys, contextlib, io\n"
+        "from bedgen.cli.main import build_parser, main\n"
+        "commands = sorted(build_parser()._subparsers._group_actions[0].choices)\n"
+        "for name in ['', *commands]:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            main([name, '--help'] if name else ['--help'])\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "heavy = sorted(m for m in ('diffusers', 'gradio', 'transformers') if m in sys.modules)\n"
+        "print(len(commands), heavy)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    count, heavy = run.stdout.split(" ", 1)
+    assert int(count) >= 15  # every subcommand was asked for its help
+    assert heavy.strip() == "[]", f"--help imported {heavy.strip()}"

@@ -35,6 +35,14 @@ LRSchedule = Literal["constant", "cosine"]
 NanPolicy = Literal["stop", "rollback"]
 AutoencoderKind = Literal["kl", "vq"]
 
+# Interpolation through noised latents (sampling/interpolate.py): the CLI's flags and the
+# app's sliders start from these, and reading them must not import the sampler.
+INTERPOLATION_METHODS: tuple[str, ...] = ("noise", "ddim-inversion")
+INTERPOLATION_T = 0.5
+INTERPOLATION_FRAMES = 8
+INTERPOLATION_STEPS = 25  # DDIM steps from t down to 0 (and from 0 up to t when inverting)
+MAX_INTERPOLATION_FRAMES = 64
+
 
 @dataclass
 class UNetConfig:

@@ -35,6 +35,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config.schema import (
+    INTERPOLATION_FRAMES, INTERPOLATION_METHODS, INTERPOLATION_STEPS, INTERPOLATION_T, MAX_INTERPOLATION_FRAMES,
+)
 from ..data.datasets import preprocess
 from ..core.device import resolve
 from ..maths.diffusion import Schedule, ddim_move
@@ -43,11 +46,6 @@ from ..core.errors import BedgenError
 from ..core.images import grid, load_image, to_pil, to_signed
 from .pipeline import MAX_SEED, AutoencoderPipeline, Pipeline
 
-METHODS = ("noise", "ddim-inversion")
-DEFAULT_T = 0.5
-DEFAULT_FRAMES = 8
-DEFAULT_STEPS = 25  # DDIM steps from t down to 0 (and from 0 up to t when inverting)
-MAX_FRAMES = 64
 GIF_FRAME_MS = 250
 
 ProgressFn = Callable[[int, int], None]
@@ -123,11 +121,11 @@ def interpolate(
     pipe: Pipeline,
     image_a: Any,
     image_b: Any,
-    t: float = DEFAULT_T,
+    t: float = INTERPOLATION_T,
     weights: float | Sequence[float] | None = None,
-    frames: int = DEFAULT_FRAMES,
+    frames: int = INTERPOLATION_FRAMES,
     method: str = "noise",
-    steps: int = DEFAULT_STEPS,
+    steps: int = INTERPOLATION_STEPS,
     seed: int = 0,
     device: str = "auto",
     dtype: str = "auto",
@@ -144,8 +142,8 @@ def interpolate(
     """
     t = fraction("t", t, low_open=True)
     lambdas = _weights(weights, frames)
-    if method not in METHODS:
-        raise BedgenError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if method not in INTERPOLATION_METHODS:
+        raise BedgenError(f"method must be one of {', '.join(INTERPOLATION_METHODS)}, not {method!r}")
     vae = isinstance(pipe, AutoencoderPipeline)
     steps = whole_number("steps", steps, 1, pipe.max_steps) if not vae else 0
     seed = whole_number("seed", seed, 0, MAX_SEED)
@@ -341,9 +339,9 @@ def _model_input(pipe: Pipeline, image: Any, name: str) -> torch.Tensor:
 
 def _weights(weights: float | Sequence[float] | None, frames: int) -> list[float]:
     if weights is None:
-        frames = whole_number("frames", frames, 1, MAX_FRAMES)
+        frames = whole_number("frames", frames, 1, MAX_INTERPOLATION_FRAMES)
         return [0.5] if frames == 1 else [float(x) for x in np.linspace(0, 1, frames)]
     values = [weights] if isinstance(weights, (int, float, str)) else list(weights)
-    if not 1 <= len(values) <= MAX_FRAMES:
-        raise BedgenError(f"give between 1 and {MAX_FRAMES} weights λ, got {len(values)}")
+    if not 1 <= len(values) <= MAX_INTERPOLATION_FRAMES:
+        raise BedgenError(f"give between 1 and {MAX_INTERPOLATION_FRAMES} weights λ, got {len(values)}")
     return [fraction("λ (interpolation weight)", v) for v in values]

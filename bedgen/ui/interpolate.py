@@ -15,7 +15,8 @@ from PIL import Image
 
 from ..core.checks import whole_number
 from ..core.errors import BedgenError
-from ..sampling.interpolate import DEFAULT_FRAMES, DEFAULT_STEPS, DEFAULT_T, METHODS, InterpolationResult, interpolate
+from ..config.schema import INTERPOLATION_FRAMES, INTERPOLATION_METHODS, INTERPOLATION_STEPS, INTERPOLATION_T
+from ..sampling.interpolate import InterpolationResult, interpolate
 from ..sampling.pipeline import MAX_SEED
 from ..storage.registry import students_of
 from .cache import PipelineCache
@@ -198,11 +199,11 @@ def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.
             image_b = ImageUpload(type="filepath", label="Image B", elem_id="interp-b", height=256)
             use_b = gr.Button("Use last generated image", size="sm")
     with gr.Row():
-        t = RawSlider(0.05, 1, value=DEFAULT_T, step=0.05, label="Noise level t", info=T_HELP)
-        frames = RawSlider(2, MAX_UI_FRAMES, value=DEFAULT_FRAMES, step=1, label="Frames")
+        t = RawSlider(0.05, 1, value=INTERPOLATION_T, step=0.05, label="Noise level t", info=T_HELP)
+        frames = RawSlider(2, MAX_UI_FRAMES, value=INTERPOLATION_FRAMES, step=1, label="Frames")
     with gr.Row():
-        method = Options(list(METHODS), value="noise", label="Method", info=METHOD_HELP)
-        steps = RawSlider(1, MAX_UI_STEPS, value=DEFAULT_STEPS, step=1, label="DDIM steps from t")
+        method = Options(list(INTERPOLATION_METHODS), value="noise", label="Method", info=METHOD_HELP)
+        steps = RawSlider(1, MAX_UI_STEPS, value=INTERPOLATION_STEPS, step=1, label="DDIM steps from t")
         seed = RawNumber(0, label="Seed", precision=0, minimum=0)
     button = gr.Button("Interpolate", variant="primary", elem_id="interp-button")
     status = gr.Markdown(elem_id="interp-status")
