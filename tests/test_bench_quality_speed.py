@@ -1,5 +1,8 @@
 """bench/quality_speed.py, the quality-vs-speed table: its --quick mode runs every step (draw rooms,
-train a teacher, distil a student, reference statistics, every row) on a tiny scale."""
+train a teacher, distil a student, reference statistics, every row) on a tiny scale.
+
+The three quick runs share one --out folder, as a user re-running the bench does: the first run
+trains the teacher and the later ones reuse it (the bench's own "reusing the teacher" path)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,22 @@ STUDENT_SAMPLER = {"consistency": "consistency", "progressive": "ddim"}
 LABEL = "FID on random-Inception features (real weights unavailable): comparable within this table only"
 
 
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("quick-bench")
+
+
+def quick_run(script: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    run = subprocess.run([sys.executable, str(script), "--quick", *extra, "--out", str(out)],
+                         capture_output=True, text=True, timeout=1200,
+                         env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trained = run.stdout.count("making the teacher")
+    assert trained + run.stdout.count(f"reusing the teacher in {out / 'teacher'}") == 1, run.stdout
+    assert (out / "teacher" / "bedgen-run.json").exists()
+    return run
+
+
 def table(stdout: str) -> dict[tuple[str, str, int], list[str]]:
     """The markdown table's rows by (model, sampler, NFE) -> [FID, KID, pixel FD, s/image]."""
     lines = stdout.splitlines()
@@ -32,11 +51,8 @@ def table(stdout: str) -> dict[tuple[str, str, int], list[str]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(STUDENT_SAMPLER))
-def test_quick_run_prints_every_row_with_a_finite_fid_and_a_positive_time(tmp_path, method):
-    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--method", method, "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=1200,
-                         env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+def test_quick_run_prints_every_row_with_a_finite_fid_and_a_positive_time(out, method):
+    run = quick_run(SCRIPT, out, "--method", method)
     rows = table(run.stdout)
     student = [(f"{method} student", STUDENT_SAMPLER[method], nfe) for nfe in (1, 2, 4)]
     assert list(rows) == TEACHER_ROWS + student, run.stdout
@@ -49,12 +65,8 @@ def test_quick_run_prints_every_row_with_a_finite_fid_and_a_positive_time(tmp_pa
 
 
 @pytest.mark.slow
-def test_solver_clip_quick_run_compares_both_clips_on_one_teacher(tmp_path):
-    script = SCRIPT.with_name("solver_clip.py")
-    run = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=1200,
-                         env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])})
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+def test_solver_clip_quick_run_compares_both_clips_on_one_teacher(out):
+    run = quick_run(SCRIPT.with_name("solver_clip.py"), out)
     rows = table(run.stdout)
     samplers = ("ddim", "dpmsolver++", "dpmsolver++ thresholding", "unipc", "unipc thresholding")
     assert list(rows) == [("teacher", sampler, 4) for sampler in samplers], run.stdout
