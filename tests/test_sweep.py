@@ -92,11 +92,11 @@ def fid_settings(tmp_path_factory, rooms) -> dict:
 
 @pytest.fixture(scope="module")
 def grid(rooms, fid_settings, tmp_path_factory):
-    """A 2 optimizers x 2 learning rates x 2 repeats sweep of tiny runs with FID at steps 3
+    """A 2 optimizers x 1 learning rate x 2 repeats sweep of tiny runs with FID at steps 3
     and 6, trained once (two runs at a time)."""
     root = tmp_path_factory.mktemp("sweeps")
     spec = load_sweep(write_sweep(root / "grid.yaml", rooms, base={"sampling.steps": 3}, fid=fid_settings,
-                                  grid={"train.optimizer": ["adamw", "sgd"], "train.lr": [1e-3, 3e-3]}, repeats=2))
+                                  grid={"train.optimizer": ["adamw", "sgd"], "train.lr": [3e-3]}, repeats=2))
     out = root / "sweeps" / "grid"
     outcome = run_sweep(spec, out, parallel=2)
     return spec, out, outcome
@@ -109,13 +109,13 @@ def fids(run: Path) -> list[float]:
 @pytest.mark.slow
 def test_grid_sweep_writes_csv_table_and_plots(grid):
     spec, out, outcome = grid
-    assert len(outcome.launched) == 8 and not outcome.skipped and len(launches(out)) == 8
+    assert len(outcome.launched) == 4 and not outcome.skipped and len(launches(out)) == 4
     report = write_report(out)
 
     rows = list(csv.DictReader(report.csv.open()))
-    assert len(rows) == 8
+    assert len(rows) == 4
     assert {(r["train.optimizer"], r["train.lr"], r["seed"]) for r in rows} == {
-        (o, lr, s) for o in ("adamw", "sgd") for lr in ("0.001", "0.003") for s in ("0", "1")}
+        (o, "0.003", s) for o in ("adamw", "sgd") for s in ("0", "1")}
     for row in rows:
         run = Path(row["run"])
         assert row["status"] == "finished" and row["steps"] == "6" and row["error"] == ""
@@ -125,7 +125,7 @@ def test_grid_sweep_writes_csv_table_and_plots(grid):
         assert float(row["wall_seconds"]) > 0 and run.parent == out / "runs"
 
     configurations = table(report.markdown.read_text())
-    assert len(configurations) == 4
+    assert len(configurations) == 2
     assert [float(c["FID mean"]) for c in configurations] == sorted(float(c["FID mean"]) for c in configurations)
     for c in configurations:
         runs = [Path(r["run"]) for r in rows if (r["train.optimizer"], r["train.lr"]) == (c["optimizer"], c["lr"])]
@@ -146,8 +146,8 @@ def test_rerun_skips_finished_runs(grid):
     spec, out, _ = grid
     before = {p.name: (p / "metrics.jsonl").stat().st_mtime_ns for p in (out / "runs").iterdir()}
     outcome = run_sweep(spec, out, parallel=2)
-    assert outcome.launched == [] and len(outcome.skipped) == 8
-    assert len(launches(out)) == 8  # nothing new was started
+    assert outcome.launched == [] and len(outcome.skipped) == 4
+    assert len(launches(out)) == 4  # nothing new was started
     assert {p.name: (p / "metrics.jsonl").stat().st_mtime_ns for p in (out / "runs").iterdir()} == before
 
 
@@ -165,7 +165,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(grid):
     (victim / "sweep-run.json").write_text(json.dumps({**meta, "exit_code": None}))
 
     outcome = run_sweep(spec, out)
-    assert outcome.launched == [victim.name] and len(outcome.skipped) == 7
+    assert outcome.launched == [victim.name] and len(outcome.skipped) == 3
     assert "--resume" in launches(out)[-1]["command"]
     result = next(r for r in collect(out) if r.name == victim.name)
     assert result.status == "finished" and result.steps == 6
@@ -179,15 +179,15 @@ def test_cli_dry_run_report_only_and_find_sweeps(grid, capsys):
     config = out / "sweep.yaml"
     assert main(["sweep", "--config", str(config), "--out", str(out), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert sum(line.startswith("skip (finished)") for line in lines) == 8
-    assert lines[-1].startswith("8 runs (4 configurations x 2 repeats)")
+    assert sum(line.startswith("skip (finished)") for line in lines) == 4
+    assert lines[-1].startswith("4 runs (2 configurations x 2 repeats)")
 
     for name in ("results.md", "results.csv", "loss_curves.png"):
         (out / name).unlink(missing_ok=True)
     assert main(["sweep", "--report-only", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| n | optimizer | lr | FID mean |" in printed and (out / "loss_curves.png").is_file()
-    assert len(launches(out)) == 9  # the resume above; report-only trains nothing
+    assert len(launches(out)) == 5  # the resume above; report-only trains nothing
 
     (found,) = find_sweeps(out.parent.parent)
     assert found.path == out and found.name == "grid" and found.results_md == out / "results.md"
