@@ -338,14 +338,37 @@ def test_bad_backbone_weights_are_clear_errors(alex_weights, tmp_path, case, mes
 
 
 def test_pretrained_weights_offline_say_to_pass_a_file(monkeypatch, tmp_path):
+    import urllib.request
+
     # No torch hub cache and a proxy that refuses connections: what an offline machine sees.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # urlopen builds its opener once, proxies included, on first use (torch.hub's download here);
+    # without this, every later urlopen in this process would go through the dead proxy.
+    monkeypatch.setattr(urllib.request, "_opener", None)
     for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
     for name in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(BedgenError, match="pretrained alexnet weights .*pass --lpips-weights PATH"):
         LpipsEmbedder("alex")
+
+
+def test_local_http_works_after_the_offline_proxy_test():
+    """Runs right after the test above (file order): its dead proxy must not outlive it. It did
+    once, through urlopen's cached opener, and every app fixture that came later in the same
+    process then timed out waiting for its server."""
+    import http.server
+    import threading
+    import urllib.request
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_opening_what_is_not_a_complete_index_is_a_clear_error(tmp_path):
