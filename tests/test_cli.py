@@ -211,3 +211,17 @@ def test_help_of_every_command_loads_no_sampler_or_app_libraries():
     count, heavy = run.stdout.split(" ", 1)
     assert int(count) >= 15  # every subcommand was asked for its help
     assert heavy.strip() == "[]", f"--help imported {heavy.strip()}"
+
+
+def test_interpolate_flags_default_to_the_library_defaults():
+    """``bedgen interpolate`` without flags does what ``bedgen.interpolate()`` does without
+    arguments: both read their defaults from config/, written once."""
+    import inspect
+
+    from bedgen.cli.main import build_parser
+    from bedgen.sampling.interpolate import interpolate
+
+    args = build_parser().parse_args(["interpolate", "--model", "m", "--image-a", "a.png", "--image-b", "b.png", "--out", "o"])
+    library = inspect.signature(interpolate).parameters
+    for name in ("t", "frames", "method", "steps"):
+        assert getattr(args, name) == library[name].default, name

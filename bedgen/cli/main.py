@@ -94,7 +94,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def _add_interpolate(sub: argparse._SubParsersAction) -> None:
     from ..core.device import DEVICES, DTYPES
-    from ..config.schema import INTERPOLATION_FRAMES, INTERPOLATION_METHODS, INTERPOLATION_STEPS, INTERPOLATION_T
+    from ..config.schema import INTERPOLATION_FRAMES, INTERPOLATION_METHOD, INTERPOLATION_METHODS, INTERPOLATION_STEPS, INTERPOLATION_T
 
     p = sub.add_parser("interpolate", help="interpolate between two images through noised states")
     p.add_argument("--model", required=True, help="local checkpoint directory or Hub id org/name[@revision]")
@@ -104,7 +104,7 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
                    help="noise level as a fraction of the training steps: small = blends, large = new rooms")
     p.add_argument("--frames", type=arguments.positive_int, default=INTERPOLATION_FRAMES, help="frames with λ evenly from 0 to 1")
     p.add_argument("--weights", type=arguments.numbers, default=None, help="explicit λ values, e.g. 0.25,0.5 (overrides --frames)")
-    p.add_argument("--method", choices=INTERPOLATION_METHODS, default="noise")
+    p.add_argument("--method", choices=INTERPOLATION_METHODS, default=INTERPOLATION_METHOD)
     p.add_argument("--steps", type=arguments.positive_int, default=INTERPOLATION_STEPS, help="DDIM steps between t and 0")
     p.add_argument("--seed", type=arguments.seed, default=0, help="picks the shared noise (method 'noise')")
     p.add_argument("--out", required=True, type=Path, help="output folder")

@@ -38,6 +38,7 @@ AutoencoderKind = Literal["kl", "vq"]
 # Interpolation through noised latents (sampling/interpolate.py): the CLI's flags and the
 # app's sliders start from these, and reading them must not import the sampler.
 INTERPOLATION_METHODS: tuple[str, ...] = ("noise", "ddim-inversion")
+INTERPOLATION_METHOD = INTERPOLATION_METHODS[0]  # the default: one forward noising, no inversion pass
 INTERPOLATION_T = 0.5
 INTERPOLATION_FRAMES = 8
 INTERPOLATION_STEPS = 25  # DDIM steps from t down to 0 (and from 0 up to t when inverting)

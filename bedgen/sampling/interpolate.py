@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from ..config.schema import (
-    INTERPOLATION_FRAMES, INTERPOLATION_METHODS, INTERPOLATION_STEPS, INTERPOLATION_T, MAX_INTERPOLATION_FRAMES,
+    INTERPOLATION_FRAMES, INTERPOLATION_METHOD, INTERPOLATION_METHODS, INTERPOLATION_STEPS, INTERPOLATION_T, MAX_INTERPOLATION_FRAMES,
 )
 from ..data.datasets import preprocess
 from ..core.device import resolve
@@ -124,7 +124,7 @@ def interpolate(
     t: float = INTERPOLATION_T,
     weights: float | Sequence[float] | None = None,
     frames: int = INTERPOLATION_FRAMES,
-    method: str = "noise",
+    method: str = INTERPOLATION_METHOD,
     steps: int = INTERPOLATION_STEPS,
     seed: int = 0,
     device: str = "auto",

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..core.checks import whole_number
 from ..core.errors import BedgenError
-from ..config.schema import INTERPOLATION_FRAMES, INTERPOLATION_METHODS, INTERPOLATION_STEPS, INTERPOLATION_T
+from ..config.schema import INTERPOLATION_FRAMES, INTERPOLATION_METHOD, INTERPOLATION_METHODS, INTERPOLATION_STEPS, INTERPOLATION_T
 from ..sampling.interpolate import InterpolationResult, interpolate
 from ..sampling.pipeline import MAX_SEED
 from ..storage.registry import students_of
@@ -202,7 +202,7 @@ def build_interpolate_tab(settings: AppSettings, cache: PipelineCache, demo: gr.
         t = RawSlider(0.05, 1, value=INTERPOLATION_T, step=0.05, label="Noise level t", info=T_HELP)
         frames = RawSlider(2, MAX_UI_FRAMES, value=INTERPOLATION_FRAMES, step=1, label="Frames")
     with gr.Row():
-        method = Options(list(INTERPOLATION_METHODS), value="noise", label="Method", info=METHOD_HELP)
+        method = Options(list(INTERPOLATION_METHODS), value=INTERPOLATION_METHOD, label="Method", info=METHOD_HELP)
         steps = RawSlider(1, MAX_UI_STEPS, value=INTERPOLATION_STEPS, step=1, label="DDIM steps from t")
         seed = RawNumber(0, label="Seed", precision=0, minimum=0)
     button = gr.Button("Interpolate", variant="primary", elem_id="interp-button")
