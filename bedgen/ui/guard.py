@@ -255,24 +255,34 @@ class WorkWatch:
             self.reaper = asyncio.get_running_loop().create_task(self._reap_forever())
 
     def stop_dead_events(self) -> None:
-        """Make a running event whose client is gone stop at its next progress update.
+        """Make a running event whose client is gone stop, and say so once.
 
-        Gradio marks such an event dead (``alive = False``) but lets its function run to
+        Gradio marks such an event dead (``alive = False``) but lets a plain function run to
         the end: a thread cannot be interrupted. Every long bedgen event reports progress
         through ``gr.Progress``, which calls the queue's ``set_progress`` from inside the
-        work; raising there ends the work between two steps.
+        work; raising there ends the work between two steps. A streaming event (Generate
+        shows x̂₀ as it forms) may instead be dropped by Gradio at its next yield, which ends
+        ``process_events`` without an error; which of the two comes first is a race, so the
+        log line is written when ``process_events`` ends, whichever path stopped the work.
         """
         queue = self.queue
-        report = queue.set_progress
+        report, process = queue.set_progress, queue.process_events
 
         def set_progress(event_id: str, iterables: Any) -> None:
             event = next((e for job in queue.active_jobs for e in job or () if e._id == event_id), None)
             if event is not None and not event.alive:
-                _say(f"stopped {event.fn.api_name} from {self.visitor(event.request.scope)}: its client is gone")
                 raise ClientGone("cancelled: the client that sent this request is gone")
             report(event_id, iterables)
 
-        queue.set_progress = set_progress
+        async def process_events(events: list, *args: Any) -> None:
+            try:
+                await process(events, *args)
+            finally:
+                for event in events:
+                    if not event.alive:
+                        _say(f"stopped {event.fn.api_name} from {self.visitor(event.request.scope)}: its client is gone")
+
+        queue.set_progress, queue.process_events = set_progress, process_events
 
     async def _reap_forever(self) -> None:
         interval = min(1.0, self.settings.abandon_after_s / 4)
