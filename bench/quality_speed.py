@@ -47,10 +47,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from bedgen.config.schema import FEATURE_LAYERS  # noqa: E402
 from bedgen.core.device import cpu_flags, cpu_kind  # noqa: E402
 from bedgen.core.errors import BedgenError  # noqa: E402
 from bedgen.evaluation.metrics import (  # noqa: E402
-    FEATURE_LAYERS, compute_reference_stats, evaluate, frechet_distance, shared_inception,
+    compute_reference_stats, evaluate, frechet_distance, shared_inception,
 )
 from bedgen.sampling.pipeline import load  # noqa: E402
 from random_weights import save_random_inception  # noqa: E402

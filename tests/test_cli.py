@@ -191,8 +191,9 @@ def test_set_converts_json_values_to_the_field_type():
 
 
 def test_help_of_every_command_loads_no_sampler_or_app_libraries():
-    """``bedgen X --help`` and argument errors answer in seconds: building the parser reads
-    defaults from light modules, never from the sampler (diffusers) or the app (gradio)."""
+    """``bedgen X --help`` and argument errors answer in about a second: building the parser
+    reads defaults and choices from light modules, never from torch, the sampler (diffusers) or
+    the app (gradio)."""
     probe = (
         "import sys, contextlib, io\n"
         "from bedgen.cli.main import build_parser, main\n"
@@ -203,7 +204,7 @@ def test_help_of_every_command_loads_no_sampler_or_app_libraries():
         "            main([name, '--help'] if name else ['--help'])\n"
         "        except SystemExit:\n"
         "            pass\n"
-        "heavy = sorted(m for m in ('diffusers', 'gradio', 'transformers') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'gradio', 'transformers') if m in sys.modules)\n"
         "print(len(commands), heavy)\n"
     )
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)

@@ -21,7 +21,7 @@ from ..storage.run_folder import RunFolder
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
-    from ..core.device import DEVICES, DTYPES
+    from ..core.device_names import DEVICES, DTYPE_NAMES
 
     p = sub.add_parser("sample", help="generate images from a model")
     p.add_argument("--model", required=True, help="local checkpoint directory or Hub id org/name[@revision]")
@@ -35,7 +35,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--batch-size", type=arguments.positive_int, default=None)
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
+    p.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto")
     p.set_defaults(func=cmd_sample)
 
 
@@ -66,7 +66,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
-    from ..core.device import DEVICES
+    from ..core.device_names import DEVICES
 
     p = sub.add_parser("reconstruct", help="encode and decode images with a vae / autoencoder model")
     p.add_argument("--model", required=True, help="a vae or autoencoder checkpoint (local folder or Hub id)")
@@ -93,7 +93,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _add_interpolate(sub: argparse._SubParsersAction) -> None:
-    from ..core.device import DEVICES, DTYPES
+    from ..core.device_names import DEVICES, DTYPE_NAMES
     from ..config.schema import INTERPOLATION_FRAMES, INTERPOLATION_METHOD, INTERPOLATION_METHODS, INTERPOLATION_STEPS, INTERPOLATION_T
 
     p = sub.add_parser("interpolate", help="interpolate between two images through noised states")
@@ -109,7 +109,7 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=arguments.seed, default=0, help="picks the shared noise (method 'noise')")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
+    p.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto")
     p.set_defaults(func=cmd_interpolate)
 
 
@@ -427,15 +427,14 @@ LPIPS_WEIGHTS_HELP = ("torchvision-format backbone state dict (.safetensors or .
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
-    from ..config.schema import SQUARES
-    from ..core.device import DEVICES
-    from ..models.lpips import NETS
+    from ..config.schema import LPIPS_NETS, SQUARES
+    from ..core.device_names import DEVICES
 
     p = sub.add_parser("index", help="build an LPIPS nearest-neighbour index of a dataset (resumable)")
     p.add_argument("--data", required=True, help="image folder, LSUN LMDB, Hugging Face dataset id/dir, or prepared shards")
     p.add_argument("--out", required=True, type=Path, help="index folder; rerun the same command to resume")
     p.add_argument("--resolution", type=arguments.positive_int, default=64, help="images are squared and resized like training data")
-    p.add_argument("--net", choices=NETS, default="alex", help="LPIPS backbone")
+    p.add_argument("--net", choices=LPIPS_NETS, default="alex", help="LPIPS backbone")
     p.add_argument("--lpips-weights", type=Path, default=None, help=LPIPS_WEIGHTS_HELP)
     p.add_argument("--square", choices=SQUARES, default="crop")
     p.add_argument("--fraction", type=arguments.number, default=1.0, help="index a reproducible subset in (0, 1]")
@@ -498,7 +497,7 @@ def _remove_unstarted_index(out: Path, created: Path) -> None:
 
 
 def _add_neighbours(sub: argparse._SubParsersAction) -> None:
-    from ..core.device import DEVICES
+    from ..core.device_names import DEVICES
 
     p = sub.add_parser(
         "neighbours", help="the indexed images nearest to an image under LPIPS (exact)",
@@ -581,9 +580,8 @@ def cmd_inception_weights(args: argparse.Namespace) -> int:
 
 
 def _add_ref_stats(sub: argparse._SubParsersAction) -> None:
-    from ..config.schema import SQUARES
-    from ..core.device import DEVICES
-    from ..evaluation.metrics import DEFAULT_MAX_FEATURES, FEATURE_LAYERS
+    from ..config.schema import DEFAULT_MAX_FEATURES, FEATURE_LAYERS, SQUARES
+    from ..core.device_names import DEVICES
 
     p = sub.add_parser(
         "ref-stats", help="Inception statistics of a dataset for FID/KID/precision-recall (.npz)",
@@ -630,7 +628,7 @@ def cmd_ref_stats(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from ..core.device import DEVICES, DTYPES
+    from ..core.device_names import DEVICES, DTYPE_NAMES
 
     p = sub.add_parser(
         "eval", help="FID, KID, Inception Score, precision/recall of a model's samples",
@@ -652,7 +650,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=arguments.positive_int, default=None, help="images per sampling and Inception batch")
     p.add_argument("--inception-weights", type=Path, default=None, help=INCEPTION_WEIGHTS_HELP)
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="of the diffusion model (Inception runs in fp32)")
+    p.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto", help="of the diffusion model (Inception runs in fp32)")
     p.add_argument("--no-record", action="store_true", help="do not store the result in the checkpoint's bedgen.json")
     p.set_defaults(func=cmd_eval)
 

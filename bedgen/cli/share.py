@@ -18,7 +18,7 @@ ENVIRONMENT = ("environment: HF_TOKEN (a token with write access; else the one s
 
 
 def add_push(sub: argparse._SubParsersAction) -> None:
-    from ..core.device import DEVICES
+    from ..core.device_names import DEVICES
     from ..sharing.publish import DEFAULT_LICENSE, DEFAULT_SAMPLES
 
     p = sub.add_parser(

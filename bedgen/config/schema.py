@@ -44,6 +44,12 @@ INTERPOLATION_FRAMES = 8
 INTERPOLATION_STEPS = 25  # DDIM steps from t down to 0 (and from 0 up to t when inverting)
 MAX_INTERPOLATION_FRAMES = 64
 
+# Choices of evaluation/ and models/lpips.py that the CLI offers: here, so that building its
+# parser (``bedgen --help``) imports no torch.
+LPIPS_NETS: tuple[str, ...] = ("alex", "vgg")
+FEATURE_LAYERS: tuple[str, ...] = ("64", "192", "768", "2048")  # Inception layers by torch-fidelity's names = dimensions
+DEFAULT_MAX_FEATURES = 10_000  # Inception features kept for KID/PR: 80 MB; KID subsets are 1000
+
 
 @dataclass
 class UNetConfig:

@@ -20,12 +20,12 @@ from typing import Literal
 
 import torch
 
+from .device_names import DEVICES, DTYPE_NAMES
 from .errors import BedgenError
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["auto", "fp32", "bf16", "fp16"]
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES: dict[str, torch.dtype] = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
 # x86 feature flags (as /proc/cpuinfo spells them), best first, and the kind they make a CPU.
 CPU_KINDS: tuple[tuple[str, str], ...] = (

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from ..data.datasets import DataConfig, ImageDataset, open_dataset
+from ..config.schema import DEFAULT_MAX_FEATURES, FEATURE_LAYERS
 from ..core.device import resolve_device
 from ..core.files import atomic_write, file_sha256
 from ..core.checks import whole_number
@@ -70,7 +71,6 @@ METRICS: tuple[str, ...] = ("fid", "kid", "is", "pr")
 NEEDS_REFERENCE_FEATURES = frozenset({"kid", "pr"})
 EXTRACTOR_NAME = "inception-v3-compat"  # torch-fidelity's registry name for this extractor
 POOL = "2048"  # pool3: the standard layer for FID, KID, PR
-FEATURE_LAYERS: tuple[str, ...] = ("64", "192", "768", "2048")  # torch-fidelity's names = dimensions
 LOGITS = "logits_unbiased"  # IS
 LOGIT_DIM = 1008
 STANDARD_WEIGHTS_URL = (
@@ -93,7 +93,6 @@ WEIGHTS_HINT = (
 
 STATS_FORMAT = "bedgen-reference-stats"
 STATS_VERSION = 1
-DEFAULT_MAX_FEATURES = 10_000  # features kept for KID/PR: 80 MB; KID subsets are 1000
 EXACT_STATS_LIMIT = 50_000  # up to this many features are held and given to torch-fidelity as is
 FORMAT_PROBES = 64  # source images whose file format is checked (JPEG or not)
 
@@ -951,7 +950,7 @@ def _now() -> str:
 
 
 __all__ = [
-    "DEFAULT_MAX_FEATURES", "FEATURE_LAYERS", "Inception", "METRICS", "ReferenceStats", "SampleFeatures", "cached_reference_stats",
+    "Inception", "METRICS", "ReferenceStats", "SampleFeatures", "cached_reference_stats",
     "check_request", "check_sample_count", "compute_metrics", "compute_reference_stats", "default_metrics",
     "evaluate", "fid_of_features", "frechet_distance", "make_result", "open_reference", "parse_metrics", "pool3_digest", "record_result",
     "reference_cache_dir", "sample_features", "shard", "shared_inception",

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..config.schema import LPIPS_NETS
 from ..core.device import resolve_device
 from ..core.errors import BedgenError, one_line
 from ..core.files import file_sha256
@@ -27,7 +28,6 @@ from ..core.images import to_signed
 
 log = logging.getLogger(__name__)
 
-NETS: tuple[str, ...] = ("alex", "vgg")
 MIN_RESOLUTION = {"alex": 31, "vgg": 16}  # smaller inputs vanish in the backbone's poolings
 
 
@@ -52,8 +52,8 @@ class LpipsEmbedder:
     """
 
     def __init__(self, net: str = "alex", weights: str | os.PathLike[str] | None = None, device: str = "auto"):
-        if net not in NETS:
-            raise BedgenError(f"unknown LPIPS network '{net}'; choose one of {', '.join(NETS)}")
+        if net not in LPIPS_NETS:
+            raise BedgenError(f"unknown LPIPS network '{net}'; choose one of {', '.join(LPIPS_NETS)}")
         self.net = net
         self.weights = Path(weights).expanduser().resolve() if weights is not None else None
         backbone = _read_backbone(net, self.weights)  # first: a bad file fails before building networks
@@ -126,8 +126,8 @@ def _lpips_model(net: str):
 def lpips_network(net: str = "alex", weights: str | os.PathLike[str] | None = None) -> torch.nn.Module:
     """``lpips.LPIPS`` (v0.1 linear weights) with its backbone from ``weights`` (or torchvision's
     download), e.g. as a differentiable perceptual loss; inputs in [-1, 1]."""
-    if net not in NETS:
-        raise BedgenError(f"unknown LPIPS network '{net}'; choose one of {', '.join(NETS)}")
+    if net not in LPIPS_NETS:
+        raise BedgenError(f"unknown LPIPS network '{net}'; choose one of {', '.join(LPIPS_NETS)}")
     path = Path(weights).expanduser().resolve() if weights is not None else None
     backbone = _read_backbone(net, path)
     model = _lpips_model(net)
