@@ -131,7 +131,9 @@ def free_port() -> int:
 
 
 class AppProcess:
-    """``python app.py`` in a subprocess, as a user starts it; stopped on exit."""
+    """``python app.py`` in a subprocess, as a user starts it. As a context manager
+    (``with AppProcess(env, cwd) as app``) it waits until the app answers and stops it on
+    exit, also when it never became ready."""
 
     def __init__(self, env: dict[str, str], cwd: Path):
         import subprocess
@@ -161,6 +163,17 @@ class AppProcess:
             except OSError:
                 time.sleep(0.5)
         raise TimeoutError(f"app not ready after {timeout} s:\n{self.log.read_text()}")
+
+    def __enter__(self) -> "AppProcess":
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
     def stop(self) -> None:
         self.process.terminate()
@@ -212,7 +225,7 @@ def app_server(tmp_path_factory):
     make_tiny_vae_checkpoint(models / "tiny-vae")
     make_tiny_ldm_checkpoint(models / "tiny-ldm")
     build_room_index(root)
-    app = AppProcess(
+    with AppProcess(
         {
             "BEDGEN_CHECKPOINTS": str(models),
             "BEDGEN_INDEXES": str(root / "indexes"),
@@ -225,12 +238,8 @@ def app_server(tmp_path_factory):
             "HF_HUB_OFFLINE": "1",
         },
         cwd=root,
-    )
-    try:
-        app.wait_ready()
+    ) as app:
         yield app
-    finally:
-        app.stop()
 
 
 def pytest_sessionfinish(session, exitstatus):

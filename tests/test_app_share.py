@@ -63,14 +63,10 @@ def hub_env(home: Path, hub: FakeHub) -> dict[str, str]:
 def train_app(hub, tmp_path_factory):
     root = tmp_path_factory.mktemp("share-app")
     write_rooms(root / "data" / "rooms", 8, size=20)
-    app = AppProcess({"BEDGEN_CHECKPOINTS": str(root / "checkpoints"), "BEDGEN_DATA_ROOTS": str(root / "data"),
-                      "BEDGEN_DEFAULT_MODEL": "google/ddpm-ema-bedroom-256", **hub_env(root / "hf-home", hub)},
-                     cwd=root)
-    try:
-        app.wait_ready()
+    with AppProcess({"BEDGEN_CHECKPOINTS": str(root / "checkpoints"), "BEDGEN_DATA_ROOTS": str(root / "data"),
+                     "BEDGEN_DEFAULT_MODEL": "google/ddpm-ema-bedroom-256", **hub_env(root / "hf-home", hub)},
+                    cwd=root) as app:
         yield app, root
-    finally:
-        app.stop()
 
 
 def push(app: AppProcess, repo: str, private: bool = False) -> tuple[str, object]:

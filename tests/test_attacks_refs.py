@@ -110,7 +110,7 @@ def public_app(tmp_path_factory):
 
     compute_reference_stats(str(root / "rooms"), 16, inception_weights=inception, feature_layer="64",
                             batch_size=12).save(root / "references" / "rooms-16.npz")
-    app = AppProcess(
+    with AppProcess(
         {
             "BEDGEN_PUBLIC": "1",
             "BEDGEN_CHECKPOINTS": str(root / "checkpoints"),
@@ -125,12 +125,8 @@ def public_app(tmp_path_factory):
             "GRADIO_TEMP_DIR": str(root / "gradio-tmp"),
         },
         cwd=root,
-    )
-    try:
-        app.wait_ready()
+    ) as app:
         yield app, root, google, poisoned
-    finally:
-        app.stop()
 
 
 def test_a_revision_that_climbs_out_of_the_hub_cache_is_refused(public_app):
@@ -216,17 +212,13 @@ def train_app(tmp_path_factory):
     (root / "checkpoints" / "link-out").symlink_to(root / "outside" / "model")
     write_rooms(root / "data" / "rooms", 8, size=24)
     write_rooms(root / "data" / "my-style", 3, size=40, seed=5)
-    app = AppProcess(
+    with AppProcess(
         {"BEDGEN_CHECKPOINTS": str(root / "checkpoints"), "BEDGEN_DATA_ROOTS": str(root / "data"),
          "BEDGEN_DEFAULT_MODEL": str(root / "checkpoints" / "ft-source"), "HF_HUB_OFFLINE": "1",
          "BEDGEN_LPIPS_WEIGHTS": str(save_random_backbone(root / "alexnet-random.safetensors"))},
         cwd=root,
-    )
-    try:
-        app.wait_ready()
+    ) as app:
         yield app, root
-    finally:
-        app.stop()
 
 
 @pytest.mark.parametrize("escape", ["ROOT/outside/model", "outside/model", "checkpoints/link-out", "link-out",

@@ -70,17 +70,13 @@ def public_app(tmp_path_factory):
     make_tiny_checkpoint(models / "slow", resolution=64, **{"diffusion.num_train_timesteps": 1000})
     # Unread requests are cancelled after 20 s: far longer than the few sequential POSTs the
     # test sends take even on a loaded machine, so the cap is what refuses them, not the clock.
-    app = AppProcess(
+    with AppProcess(
         {"BEDGEN_PUBLIC": "1", "BEDGEN_CHECKPOINTS": str(models), "BEDGEN_DEFAULT_MODEL": str(models / "tiny"),
          "BEDGEN_CONCURRENCY": "1", "BEDGEN_MAX_PENDING_PER_VISITOR": "2", "BEDGEN_ABANDON_AFTER_S": "20",
          "HF_HUB_OFFLINE": "1"},
         cwd=root,
-    )
-    try:
-        app.wait_ready()
+    ) as app:
         yield app, models
-    finally:
-        app.stop()
 
 
 def test_abandoned_requests_are_capped_per_visitor_and_cancelled(public_app):
@@ -180,16 +176,12 @@ def login_app(tmp_path_factory):
     root = tmp_path_factory.mktemp("attacks-login")
     models = root / "checkpoints"
     make_tiny_checkpoint(models / "tiny")
-    app = AppProcess(
+    with AppProcess(
         {"BEDGEN_PUBLIC": "1", "BEDGEN_AUTH": "alice:wonderland-42", "BEDGEN_LOGIN_LOCKOUT_S": "2",
          "BEDGEN_CHECKPOINTS": str(models), "BEDGEN_DEFAULT_MODEL": str(models / "tiny"), "HF_HUB_OFFLINE": "1"},
         cwd=root,
-    )
-    try:
-        app.wait_ready()
+    ) as app:
         yield app
-    finally:
-        app.stop()
 
 
 def _login(client: httpx.Client, url: str, password: str) -> httpx.Response:
@@ -259,16 +251,12 @@ def local_app(tmp_path_factory):
     root = tmp_path_factory.mktemp("attacks-local")
     models = root / "checkpoints"
     make_tiny_checkpoint(models / "tiny")
-    app = AppProcess(
+    with AppProcess(
         {"BEDGEN_CHECKPOINTS": str(models), "BEDGEN_DEFAULT_MODEL": str(models / "tiny"),
          "BEDGEN_ALLOWED_HOSTS": "bedroom.lan", "HF_HUB_OFFLINE": "1"},
         cwd=root,
-    )
-    try:
-        app.wait_ready()
+    ) as app:
         yield app
-    finally:
-        app.stop()
 
 
 def test_local_app_refuses_outside_hosts_and_origins(local_app):

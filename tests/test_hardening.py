@@ -94,7 +94,7 @@ def hard_app(tmp_path_factory):
     build_room_index(root)
     (root / "secret").mkdir()
     (root / "secret" / "passwords.txt").write_text("hunter2\n")
-    app = AppProcess(
+    with AppProcess(
         {"BEDGEN_CHECKPOINTS": str(models), "BEDGEN_INDEXES": str(root / "indexes"),
          "BEDGEN_REFERENCES": str(root / "references"), "BEDGEN_SWEEPS": str(root / "sweeps"),
          "BEDGEN_DEFAULT_MODEL": str(models / "tiny"), "BEDGEN_MAX_IMAGES": "4", "BEDGEN_MAX_STEPS": "50",
@@ -102,12 +102,8 @@ def hard_app(tmp_path_factory):
          "BEDGEN_CONCURRENCY": "1", "BEDGEN_QUEUE_SIZE": "8", "BEDGEN_MODEL_CACHE": "1",
          "HF_TOKEN": "hf_secret_token_never_logged"},
         cwd=root,
-    )
-    try:
-        app.wait_ready()
+    ) as app:
         yield app, root, write_inputs(root / "inputs")
-    finally:
-        app.stop()
 
 
 def _valid_generate(client: Client, model: str) -> None:

@@ -19,7 +19,7 @@ OFFLINE_ROUTES = "train one in the Train tab or put a checkpoint folder in check
 def first_start(tmp_path_factory):
     root = tmp_path_factory.mktemp("first-start")
     (root / "checkpoints").mkdir()
-    app = AppProcess(
+    with AppProcess(
         {
             "BEDGEN_CHECKPOINTS": str(root / "checkpoints"),
             "HF_HOME": str(root / "hf"),
@@ -29,12 +29,8 @@ def first_start(tmp_path_factory):
             "HF_HUB_DOWNLOAD_TIMEOUT": "2",
         },
         cwd=root,
-    )
-    try:
-        app.wait_ready()
+    ) as app:
         yield app
-    finally:
-        app.stop()
 
 
 def test_first_click_offline_names_what_works_offline(first_start):

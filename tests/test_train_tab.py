@@ -22,17 +22,13 @@ def train_app(tmp_path_factory):
     write_rooms(root / "outside", 4, size=24)
     write_rooms(root / "data" / "my-style", 3, size=40, seed=5)
     make_tiny_checkpoint(root / "checkpoints" / "ft-source", resolution=32)
-    app = AppProcess(
+    with AppProcess(
         {"BEDGEN_CHECKPOINTS": str(root / "checkpoints"), "BEDGEN_DATA_ROOTS": str(root / "data"),
          "BEDGEN_DEFAULT_MODEL": "google/ddpm-ema-bedroom-256", "HF_HUB_OFFLINE": "1",
          "BEDGEN_LPIPS_WEIGHTS": str(save_random_backbone(root / "alexnet-random.safetensors"))},
         cwd=root,
-    )
-    try:
-        app.wait_ready()
+    ) as app:
         yield app, root
-    finally:
-        app.stop()
 
 
 def _start(client, data, name, steps=100000, resolution=16):
