@@ -161,9 +161,7 @@ def test_public_app_lists_only_what_it_serves_and_has_no_push_route(hub, tmp_pat
            # as bedgen space sets it for a model at a branch, plus the curated default and a pattern
            "BEDGEN_HUB_MODELS": "alice/shown@v2,google/ddpm-ema-bedroom-256,acme/*",
            "BEDGEN_DEFAULT_MODEL": "alice/shown@v2", **hub_env(home, hub)}
-    app = AppProcess(env, cwd=tmp_path)
-    try:
-        app.wait_ready()
+    with AppProcess(env, cwd=tmp_path) as app:
         with httpx.Client(timeout=30) as http:
             config = http.get(f"{app.url}config").json()
             routes = {d.get("api_name") for d in config["dependencies"]}
@@ -179,5 +177,3 @@ def test_public_app_lists_only_what_it_serves_and_has_no_push_route(hub, tmp_pat
         assert event == "complete" and len(gallery) == 1 and "alice/shown@v2" in text
         for ref in ("alice/shown", "alice/hidden"):
             assert f"'{ref}' is not served by this app" in error_line(call(app, "generate", [ref, 0, 2, "auto", 1, False, 0]))
-    finally:
-        app.stop()

@@ -308,10 +308,8 @@ def _public_app(root: Path, **env: str) -> AppProcess:
     if not (models / "tiny").exists():
         make_tiny_checkpoint(models / "tiny")
         write_rooms(root / "data" / "rooms", 4, size=24)
-    app = AppProcess({"BEDGEN_CHECKPOINTS": str(models), "BEDGEN_DEFAULT_MODEL": str(models / "tiny"),
-                      "BEDGEN_DATA_ROOTS": str(root / "data"), "HF_HUB_OFFLINE": "1", **env}, cwd=root)
-    app.wait_ready()
-    return app
+    return AppProcess({"BEDGEN_CHECKPOINTS": str(models), "BEDGEN_DEFAULT_MODEL": str(models / "tiny"),
+                       "BEDGEN_DATA_ROOTS": str(root / "data"), "HF_HUB_OFFLINE": "1", **env}, cwd=root)
 
 
 def _fake_spaces_package(site: Path) -> Path:
@@ -346,9 +344,8 @@ def test_space_app_has_no_train_tab_without_auth_and_wraps_gpu_events(tmp_path):
     make_tiny_checkpoint(outside)
     site = _fake_spaces_package(tmp_path / "site")
     mark = tmp_path / "gpu-calls.txt"
-    app = _public_app(tmp_path, SPACE_ID="someone/bedgen", BEDGEN_ENABLE_TRAINING="1", SPACES_MARK=str(mark),
-                      PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    try:
+    with _public_app(tmp_path, SPACE_ID="someone/bedgen", BEDGEN_ENABLE_TRAINING="1", SPACES_MARK=str(mark),
+                     PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])) as app:
         client = Client(app.url, verbose=False)
         endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
         assert not {"/train_start", "/finetune_start", "/distill_start", "/distill_progressive_start"} & set(endpoints)
@@ -361,14 +358,11 @@ def test_space_app_has_no_train_tab_without_auth_and_wraps_gpu_events(tmp_path):
         before = mark.read_text().split() if mark.exists() else []
         _valid_generate(client, str(tmp_path / "checkpoints" / "tiny"))
         assert mark.read_text().split()[len(before):] == ["on_generate"]
-    finally:
-        app.stop()
 
 
 @pytest.mark.slow
 def test_public_app_trains_only_behind_a_login(tmp_path):
-    app = _public_app(tmp_path, BEDGEN_PUBLIC="1", BEDGEN_ENABLE_TRAINING="1", BEDGEN_AUTH="alice:wonderland-42")
-    try:
+    with _public_app(tmp_path, BEDGEN_PUBLIC="1", BEDGEN_ENABLE_TRAINING="1", BEDGEN_AUTH="alice:wonderland-42") as app:
         with pytest.raises(Exception):
             Client(app.url, verbose=False).view_api(print_info=False)  # no login, no API
         client = Client(app.url, auth=("alice", "wonderland-42"), verbose=False)
@@ -377,8 +371,6 @@ def test_public_app_trains_only_behind_a_login(tmp_path):
         _expect_error(lambda: client.predict("/etc", "tiny", 16, 5, 4, 1e-3, "adamw", "r1", "",
                                              api_name="/train_start"), "inside the data roots")
         assert "wonderland-42" not in app.log.read_text()
-    finally:
-        app.stop()
 
 
 # --- the policy and the cache, without a server ------------------------------------------------
