@@ -563,3 +563,17 @@ def test_only_an_index_recording_standard_weights_gives_a_verdict(index, rooms, 
     # An index from before the record, built from a weights file: nothing says the file was standard.
     older = search_copy("older")
     assert not older.standard_weights and older.below_threshold and not older.memorised
+
+
+def test_an_unknown_lpips_network_is_refused_by_name_before_any_work(tmp_path):
+    from bedgen.models.lpips import lpips_network
+
+    refusals = [
+        lambda: build_index(str(tmp_path / "no-such-folder"), tmp_path / "index", net="squeeze"),  # before the data
+        lambda: LpipsEmbedder("squeeze"),
+        lambda: lpips_network("squeeze"),
+    ]
+    for refuse in refusals:
+        with pytest.raises(BedgenError, match="unknown LPIPS network 'squeeze'; choose one of alex, vgg"):
+            refuse()
+    assert not (tmp_path / "index").exists()

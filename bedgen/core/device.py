@@ -16,15 +16,12 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from .device_names import DEVICES, DTYPE_NAMES
 from .errors import BedgenError
 
-DeviceName = Literal["auto", "cpu", "cuda", "mps"]
-DtypeName = Literal["auto", "fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
 # x86 feature flags (as /proc/cpuinfo spells them), best first, and the kind they make a CPU.

@@ -84,13 +84,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config.schema import LPIPS_NETS
 from ..data.datasets import DataConfig, ImageDataset, commit_shards, decode, open_dataset, preprocess
 from ..core.files import atomic_write
 from ..core.checks import whole_number
 from ..core.errors import BedgenError, one_line
 from ..core.images import load_image
-from ..models.lpips import LpipsEmbedder, shared_embedder, strict_fp32
+from ..models.lpips import LpipsEmbedder, check_net, shared_embedder, strict_fp32
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +244,7 @@ def build_index(
     """
     batch_size, shard_size = (whole_number(name, value, 1) for name, value in
                               (("batch_size", batch_size), ("shard_size", shard_size)))
-    if net not in LPIPS_NETS:
-        raise BedgenError(f"unknown LPIPS network '{net}'; choose one of {', '.join(LPIPS_NETS)}")
+    check_net(net)  # before the dataset is opened
     config = DataConfig(source=source, square=square, fraction=fraction, validation_fraction=0.0,
                         image_column=image_column, flip=False)
     dataset = open_dataset(config, resolution, "train")

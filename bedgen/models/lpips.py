@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 MIN_RESOLUTION = {"alex": 31, "vgg": 16}  # smaller inputs vanish in the backbone's poolings
 
 
+def check_net(net: str) -> None:
+    """Refuse an LPIPS backbone name other than ``LPIPS_NETS``, naming the choices."""
+    if net not in LPIPS_NETS:
+        raise BedgenError(f"unknown LPIPS network '{net}'; choose one of {', '.join(LPIPS_NETS)}")
+
+
 
 @dataclass(frozen=True)
 class LayerShape:
@@ -52,8 +58,7 @@ class LpipsEmbedder:
     """
 
     def __init__(self, net: str = "alex", weights: str | os.PathLike[str] | None = None, device: str = "auto"):
-        if net not in LPIPS_NETS:
-            raise BedgenError(f"unknown LPIPS network '{net}'; choose one of {', '.join(LPIPS_NETS)}")
+        check_net(net)
         self.net = net
         self.weights = Path(weights).expanduser().resolve() if weights is not None else None
         backbone = _read_backbone(net, self.weights)  # first: a bad file fails before building networks
@@ -126,8 +131,7 @@ def _lpips_model(net: str):
 def lpips_network(net: str = "alex", weights: str | os.PathLike[str] | None = None) -> torch.nn.Module:
     """``lpips.LPIPS`` (v0.1 linear weights) with its backbone from ``weights`` (or torchvision's
     download), e.g. as a differentiable perceptual loss; inputs in [-1, 1]."""
-    if net not in LPIPS_NETS:
-        raise BedgenError(f"unknown LPIPS network '{net}'; choose one of {', '.join(LPIPS_NETS)}")
+    check_net(net)
     path = Path(weights).expanduser().resolve() if weights is not None else None
     backbone = _read_backbone(net, path)
     model = _lpips_model(net)
